@@ -1,0 +1,276 @@
+// The per-row epilogue of soft_embed: from a row's candidate pool (its P most likely tokens,
+// sorted best first) and its softmax statistics to the k mixture slots. Filters (top_k, top_p,
+// min_p), Dirichlet and Gumbel noise and the renormalisations all happen here, on at most
+// kMaxPool candidates, written once for the CPU and the CUDA kernels.
+//
+// Semantics: docs/semantics.md; float64 oracle: softkernels/reference.py.
+#pragma once
+
+#include <cstdint>
+
+#include "common/macros.h"
+#include "common/math.h"
+#include "common/philox.h"
+#include "common/row_state.h"
+
+namespace softkernels {
+
+template <typename T>
+struct RowParams {
+  T inv_temp;
+  int64_t top_k;  // 0 = off
+  T top_p;        // 1 = off
+  T min_p;        // 0 = off
+  int64_t seed;
+  int64_t offset;
+};
+
+struct NoiseParams {
+  int kind;  // NoiseKind
+  double tau, scale, clamp_lo, clamp_hi;  // Gumbel
+  double alpha;                           // Dirichlet
+  double sigma;                           // Gaussian (absolute)
+};
+
+// Size of row b's candidate pool: every filter decision for the row can be made inside it.
+// top_k (when it is on) needs its top_k tokens; without top_k, only the k mixture slots matter
+// (top_p's normaliser is then the full softmax sum), except that Dirichlet noise redraws the
+// whole surviving support.
+SK_HD int64_t row_pool_size(int64_t V, int64_t k, int64_t top_k, bool dirichlet) {
+  int64_t p;
+  if (top_k > 0 && top_k < V) {
+    p = sk_max(k, top_k);
+  } else {
+    p = dirichlet ? V : k;
+  }
+  return sk_min(p, V);
+}
+
+// Range check of one row's parameters (used for per-row tensors when validate=False, where the
+// kernel must not trust them; with validate=True Python has already raised).
+template <typename T>
+SK_HD bool row_params_ok(const RowParams<T>& rp, int64_t V, int64_t k, int noise_kind,
+                         int64_t pool_bound) {
+  if (!(rp.inv_temp > T(0)) || rp.inv_temp == sk_inf<T>()) return false;
+  if (rp.top_k < 0) return false;  // top_k >= V means off
+  if (!(rp.top_p > T(0) && rp.top_p <= T(1))) return false;
+  if (!(rp.min_p >= T(0) && rp.min_p < T(1))) return false;
+  const int64_t p = row_pool_size(V, k, rp.top_k, noise_kind == kNoiseDirichlet);
+  return p <= pool_bound;
+}
+
+// Sort idx[0..n) so that key[idx] is descending, equal keys by ascending idx (heapsort: bounded
+// work and no recursion, usable by one GPU thread).
+template <typename T>
+SK_HD bool key_before(const T* key, int a, int b) {
+  return key[a] > key[b] || (key[a] == key[b] && a < b);
+}
+
+template <typename T>
+SK_HD void sift_down(const T* key, int* idx, int root, int n) {
+  // Max-heap under "comes later" so that the final array is in "before" order.
+  while (true) {
+    int child = 2 * root + 1;
+    if (child >= n) return;
+    if (child + 1 < n && key_before(key, idx[child + 1], idx[child])) ++child;
+    if (!key_before(key, idx[child], idx[root])) return;
+    const int t = idx[root];
+    idx[root] = idx[child];
+    idx[child] = t;
+    root = child;
+  }
+}
+
+template <typename T>
+SK_HD void sort_indices_by_key_desc(const T* key, int* idx, int n) {
+  // Build a heap whose top is the element that comes *last*, then move it to the back.
+  // key_before(a, b) defines the final order; the heap uses its reverse.
+  for (int i = n / 2 - 1; i >= 0; --i) {
+    // Inline reverse-order sift: parent must come after its children.
+    int root = i;
+    while (true) {
+      int child = 2 * root + 1;
+      if (child >= n) break;
+      if (child + 1 < n && key_before(key, idx[child], idx[child + 1])) ++child;
+      if (!key_before(key, idx[root], idx[child])) break;
+      const int t = idx[root];
+      idx[root] = idx[child];
+      idx[child] = t;
+      root = child;
+    }
+  }
+  for (int end = n - 1; end > 0; --end) {
+    const int t = idx[0];
+    idx[0] = idx[end];
+    idx[end] = t;
+    int root = 0;
+    while (true) {
+      int child = 2 * root + 1;
+      if (child >= end) break;
+      if (child + 1 < end && key_before(key, idx[child], idx[child + 1])) ++child;
+      if (!key_before(key, idx[root], idx[child])) break;
+      const int t2 = idx[root];
+      idx[root] = idx[child];
+      idx[child] = t2;
+      root = child;
+    }
+  }
+}
+
+// Scratch space for finish_row, each array at least `pool` long.
+template <typename T>
+struct RowScratch {
+  T* e;            // exp(z - m) of the pool entries
+  T* key;          // sort keys (Dirichlet log-gamma draws, Gumbel g')
+  int* order;      // pool indices of the chosen slots, in output order
+  uint8_t* taken;  // 1 where a pool entry already fills a slot
+};
+
+// Computes the k output slots of a soft (non-hard) row.
+//   pool[0..pool_n): the row's best candidates, sorted by `better`; pool_n >= k.
+//   st: the row's softmax statistics (st.m == pool[0].z).
+// Writes out_ids[k], out_w[k] and, for Gumbel, out_noise[k] (g'; -inf where w = 0).
+template <typename T>
+SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
+                      const RowStats<T>& st, const RowParams<T>& rp, const NoiseParams& np,
+                      RowScratch<T> sc, int64_t* out_ids, T* out_w, T* out_noise) {
+  const T m = pool[0].z;
+  // 1. Probabilities up to the common factor 1 / sum: e_0 = 1 is the row's max.
+  int n0 = 0;
+  for (int i = 0; i < pool_n; ++i) {
+    sc.e[i] = sk_exp(pool[i].z - m);
+    sc.taken[i] = 0;
+    if (sc.e[i] > T(0)) n0 = i + 1;
+  }
+  // 2. top_k.
+  const bool top_k_on = rp.top_k > 0 && rp.top_k < V;
+  int n1 = top_k_on ? static_cast<int>(sk_min<int64_t>(n0, rp.top_k)) : n0;
+  // 3. top_p: keep while the mass kept before an entry is < top_p (the first always stays),
+  //    mass measured after top_k's renormalisation.
+  int n2 = n1;
+  if (rp.top_p < T(1)) {
+    T norm = T(0);
+    if (top_k_on) {
+      for (int i = 0; i < n1; ++i) norm += sc.e[i];
+    } else {
+      norm = st.s * sk_exp(st.m - m);  // full softmax sum, rebased to m
+    }
+    const T limit = rp.top_p * norm;
+    T cum = T(0);
+    n2 = 0;
+    for (int i = 0; i < n1; ++i) {
+      if (i > 0 && !(cum < limit)) break;
+      cum += sc.e[i];
+      n2 = i + 1;
+    }
+  }
+  // 4. min_p: p_i >= min_p * p_max  <=>  e_i >= min_p.
+  int n3 = n2;
+  if (rp.min_p > T(0)) {
+    n3 = 0;
+    for (int i = 0; i < n2 && sc.e[i] >= rp.min_p; ++i) n3 = i + 1;
+  }
+  const int nk = sk_min(k, n3);
+
+  // 5-7. Choose the nk weighted slots and their weights.
+  if (np.kind == kNoiseDirichlet) {
+    T s3 = T(0);
+    for (int i = 0; i < n3; ++i) s3 += sc.e[i];
+    const T alpha = static_cast<T>(np.alpha);
+    for (int i = 0; i < n3; ++i) {
+      sc.key[i] = log_gamma_sample<T>(alpha * (sc.e[i] / s3), rp.seed, rp.offset, pool[i].id);
+      sc.order[i] = i;
+    }
+    sort_indices_by_key_desc(sc.key, sc.order, n3);
+    // w = G / sum G over the kept slots, in log space: softmax of the log-gamma draws.
+    const T top = sc.key[sc.order[0]];
+    T sum = T(0);
+    for (int j = 0; j < nk; ++j) {
+      out_w[j] = sk_exp(sc.key[sc.order[j]] - top);
+      sum += out_w[j];
+    }
+    for (int j = 0; j < nk; ++j) out_w[j] /= sum;
+  } else {
+    T sum = T(0);
+    for (int j = 0; j < nk; ++j) sum += sc.e[j];
+    for (int j = 0; j < nk; ++j) {
+      sc.order[j] = j;
+      out_w[j] = sc.e[j] / sum;
+    }
+  }
+
+  // 8. Gumbel: g' = log w + scale * clamp(g, lo, hi); w = softmax(g' / tau); re-sort.
+  if (np.kind == kNoiseGumbel) {
+    const T scale = static_cast<T>(np.scale), lo = static_cast<T>(np.clamp_lo),
+            hi = static_cast<T>(np.clamp_hi), inv_tau = T(1) / static_cast<T>(np.tau);
+    // key is indexed by pool index so that ties resolve by pool order.
+    T top = -sk_inf<T>();
+    for (int j = 0; j < nk; ++j) {
+      const int i = sc.order[j];
+      T g = gumbel_noise<T>(rp.seed, rp.offset, pool[i].id);
+      g = sk_min(sk_max(g, lo), hi);
+      const T gp = sk_log(out_w[j]) + scale * g;  // -inf where w == 0
+      sc.key[i] = gp;
+      top = sk_max(top, gp);
+    }
+    sort_indices_by_key_desc(sc.key, sc.order, nk);
+    T sum = T(0);
+    for (int j = 0; j < nk; ++j) {
+      const T gp = sc.key[sc.order[j]];
+      out_w[j] = gp == -sk_inf<T>() ? T(0) : sk_exp((gp - top) * inv_tau);
+      sum += out_w[j];
+    }
+    for (int j = 0; j < nk; ++j) {
+      out_w[j] /= sum;
+      out_noise[j] = sc.key[sc.order[j]];
+    }
+    for (int j = nk; j < k; ++j) out_noise[j] = -sk_inf<T>();
+  }
+
+  // Output slots: the weighted ones, then the most probable remaining pool entries.
+  for (int j = 0; j < nk; ++j) {
+    const int i = sc.order[j];
+    out_ids[j] = pool[i].id;
+    sc.taken[i] = 1;
+  }
+  int j = nk;
+  for (int i = 0; i < pool_n && j < k; ++i) {
+    if (sc.taken[i]) continue;
+    out_ids[j] = pool[i].id;
+    out_w[j] = T(0);
+    ++j;
+  }
+}
+
+// A hard row: slot 0 is the forced token (hard_id, or the argmax when hard_id < 0) with weight 1;
+// the other slots hold the most probable other tokens with weight 0.
+template <typename T>
+SK_HD void finish_hard_row(const Candidate<T>* pool, int pool_n, int k, int64_t hard_id,
+                           bool gumbel, int64_t* out_ids, T* out_w, T* out_noise) {
+  const int64_t first = hard_id >= 0 ? hard_id : pool[0].id;
+  out_ids[0] = first;
+  out_w[0] = T(1);
+  int j = 1;
+  for (int i = 0; i < pool_n && j < k; ++i) {
+    if (pool[i].id == first) continue;
+    out_ids[j] = pool[i].id;
+    out_w[j] = T(0);
+    ++j;
+  }
+  if (gumbel) {
+    out_noise[0] = T(0);  // log of the one-hot weight
+    for (int jj = 1; jj < k; ++jj) out_noise[jj] = -sk_inf<T>();
+  }
+}
+
+// Writes a flagged row: NaN floats, ids 0, so that an unchecked bad row cannot pass unnoticed.
+template <typename T>
+SK_HD void poison_row(int k, bool gumbel, int64_t* out_ids, T* out_w, T* out_noise) {
+  for (int j = 0; j < k; ++j) {
+    out_ids[j] = 0;
+    out_w[j] = sk_nan<T>();
+    if (gumbel) out_noise[j] = sk_nan<T>();
+  }
+}
+
+}  // namespace softkernels

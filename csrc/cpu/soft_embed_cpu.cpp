@@ -1,0 +1,472 @@
+// CPU implementation of soft_embed and its backward.
+//
+// Forward, per row: one read of the logits computes the softmax statistics (max, sum-exp,
+// entropy) and the row's candidate pool together (vectorised, chunk by chunk, never
+// materialising p), then csrc/common/filters.h turns the pool into the k slots, and the k
+// embedding rows are mixed in fp32. Work items are (row, slice) pairs run in parallel; a row's
+// slices are merged in a fixed order.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "common/filters.h"
+#include "common/params.h"
+#include "common/philox.h"
+#include "common/row_state.h"
+#include "cpu/topk_select.h"
+#include "cpu/vec_utils.h"
+#include "soft_embed_host.h"
+
+namespace softkernels::cpu {
+namespace {
+
+template <typename T>
+struct Slice {
+  RowStats<T> st = stats_empty<T>();
+  std::vector<Candidate<T>> cands;
+  bool nonfinite = false;
+};
+
+// Rows are cut into fixed slices whose partial states are merged in order. The cut depends on V
+// only, never on B or the thread count, so a row's result is bitwise the same in any batch.
+constexpr int64_t kSlice = 32768;
+constexpr int64_t kChunk = 2048;
+
+// Vectorised scan for fp32 accumulation (fp32 / bf16 / fp16 logits).
+template <typename scalar_t>
+void scan_slice_f32(const scalar_t* x, int64_t begin, int64_t end, float inv_temp,
+                    int64_t pool, Slice<float>& out) {
+  constexpr int64_t W = FVec::size();
+  alignas(64) float z[kChunk];
+  TopSelector<float> sel(std::min(pool, end - begin));
+  RowStats<float>& st = out.st;
+  const FVec vinv(inv_temp), vfloor(-1e4f);
+  for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
+    const int64_t n = std::min(kChunk, end - c0);
+    // Convert, scale, and find the chunk max (NaN-propagating, so NaN is caught here).
+    FVec vmax(-sk_inf<float>());
+    int64_t i = 0;
+    for (; i + 2 * W <= n; i += 2 * W) {
+      FVec lo, hi;
+      load2(x + c0 + i, lo, hi);
+      lo = lo * vinv;
+      hi = hi * vinv;
+      lo.store(z + i);
+      hi.store(z + i + W);
+      vmax = at::vec::maximum(vmax, at::vec::maximum(lo, hi));
+    }
+    alignas(64) float lanes[W];
+    vmax.store(lanes);
+    float cmax = -sk_inf<float>();
+    for (int l = 0; l < W; ++l) cmax = sk_isnan(lanes[l]) || sk_isnan(cmax) ? sk_nan<float>()
+                                                                              : std::max(cmax, lanes[l]);
+    for (; i < n; ++i) {
+      z[i] = static_cast<float>(x[c0 + i]) * inv_temp;
+      cmax = sk_isnan(z[i]) || sk_isnan(cmax) ? sk_nan<float>() : std::max(cmax, z[i]);
+    }
+    if (sk_isnan(cmax) || cmax == sk_inf<float>()) {
+      out.nonfinite = true;
+      return;
+    }
+    if (cmax > -sk_inf<float>()) {
+      if (cmax > st.m) st = stats_rebase(st, cmax);
+      const FVec vm(st.m);
+      FVec vs(0.f), va(0.f);
+      i = 0;
+      for (; i + W <= n; i += W) {
+        // Clamping z - m keeps -inf entries at e = 0 and e * t = 0 (not 0 * -inf = NaN).
+        const FVec t = at::vec::maximum(FVec::loadu(z + i) - vm, vfloor);
+        const FVec e = t.exp_u20();
+        vs = vs + e;
+        va = at::vec::fmadd(e, t, va);
+      }
+      float s = hsum(vs), a = hsum(va);
+      for (; i < n; ++i) {
+        if (z[i] == -sk_inf<float>()) continue;
+        const float t = z[i] - st.m, e = std::exp(t);
+        s += e;
+        a += e * t;
+      }
+      st.s += s;
+      st.a += a;
+    }
+    // Candidates: everything until the pool is full, then only what beats its worst member.
+    i = 0;
+    for (; i < n && !sel.full(); ++i) sel.push(z[i], c0 + i);
+    for (; i + W <= n; i += W) {
+      const FVec gt = FVec::loadu(z + i) > FVec(sel.threshold());
+      const int zero = gt.zero_mask();
+      if (zero == (1 << W) - 1) continue;
+      for (int l = 0; l < W; ++l) {
+        if (!(zero & (1 << l))) sel.push(z[i + l], c0 + i + l);
+      }
+    }
+    for (; i < n; ++i) sel.push(z[i], c0 + i);
+  }
+  out.cands = std::move(sel.finish());
+}
+
+// Scalar scan (float64 logits, used by gradcheck and the double-precision tests).
+template <typename scalar_t, typename T>
+void scan_slice_scalar(const scalar_t* x, int64_t begin, int64_t end, T inv_temp, int64_t pool,
+                       Slice<T>& out) {
+  TopSelector<T> sel(std::min(pool, end - begin));
+  for (int64_t i = begin; i < end; ++i) {
+    const T z = static_cast<T>(x[i]) * inv_temp;
+    if (sk_isnan(z) || z == sk_inf<T>()) {
+      out.nonfinite = true;
+      return;
+    }
+    if (z != -sk_inf<T>()) stats_push(out.st, z);
+    sel.push(z, i);
+  }
+  out.cands = std::move(sel.finish());
+}
+
+template <typename scalar_t, typename T>
+void scan_slice(const scalar_t* x, int64_t begin, int64_t end, T inv_temp, int64_t pool,
+                Slice<T>& out) {
+  if constexpr (std::is_same_v<T, float>) {
+    scan_slice_f32<scalar_t>(x, begin, end, inv_temp, pool, out);
+  } else {
+    scan_slice_scalar<scalar_t, T>(x, begin, end, inv_temp, pool, out);
+  }
+}
+
+// embeds = sum_j w_j E[id_j] (+ sigma * N(0, I)), accumulated in fp32 (fp64 for fp64 tables).
+template <typename emb_t, typename T>
+void mix_row(const emb_t* E, int64_t emb_stride, int64_t D, const int64_t* ids, const T* w,
+             int64_t k, bool gaussian, double sigma, int64_t seed, int64_t offset, emb_t* out,
+             std::vector<double>& acc64, std::vector<float>& acc32) {
+  using macc_t = std::conditional_t<std::is_same_v<emb_t, double>, double, float>;
+  macc_t* acc;
+  if constexpr (std::is_same_v<macc_t, double>) {
+    acc64.assign(D, 0.0);
+    acc = acc64.data();
+  } else {
+    acc32.assign(D, 0.f);
+    acc = acc32.data();
+  }
+  for (int64_t j = 0; j < k; ++j) {
+    if (!(w[j] != T(0))) continue;
+    const emb_t* row = E + ids[j] * emb_stride;
+    const macc_t wj = static_cast<macc_t>(w[j]);
+    int64_t d = 0;
+    if constexpr (std::is_same_v<macc_t, float>) {
+      constexpr int64_t W = FVec::size();
+      const FVec vw(wj);
+      for (; d + 2 * W <= D; d += 2 * W) {
+        FVec lo, hi;
+        load2(row + d, lo, hi);
+        at::vec::fmadd(vw, lo, FVec::loadu(acc + d)).store(acc + d);
+        at::vec::fmadd(vw, hi, FVec::loadu(acc + d + W)).store(acc + d + W);
+      }
+    }
+    for (; d < D; ++d) acc[d] += wj * static_cast<macc_t>(row[d]);
+  }
+  if (gaussian) {
+    const macc_t s = static_cast<macc_t>(sigma);
+    for (int64_t q = 0; q * 4 < D; ++q) {
+      macc_t n[4];
+      gaussian_noise4<macc_t>(seed, offset, q, n);
+      for (int64_t r = 0; r < 4 && q * 4 + r < D; ++r) acc[q * 4 + r] += s * n[r];
+    }
+  }
+  for (int64_t d = 0; d < D; ++d) out[d] = static_cast<emb_t>(acc[d]);
+}
+
+template <typename scalar_t, typename emb_t>
+void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
+                    const SoftEmbedShape& sh, const RowParamSource& rs, const NoiseParams& np,
+                    const bool* hard, const int64_t* hard_ids, const SoftEmbedOutputs& outs) {
+  using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const auto& [embeds, ids, weights, entropy, max_prob, noise, status] = outs;
+  const scalar_t* X = logits.data_ptr<scalar_t>();
+  const emb_t* E = embedding.data_ptr<emb_t>();
+  emb_t* out_e = embeds.data_ptr<emb_t>();
+  int64_t* out_ids = ids.data_ptr<int64_t>();
+  T* out_w = weights.data_ptr<T>();
+  T* out_h = entropy.data_ptr<T>();
+  T* out_pmax = max_prob.data_ptr<T>();
+  const bool gumbel = np.kind == kNoiseGumbel;
+  T* out_noise = gumbel ? noise.data_ptr<T>() : nullptr;
+  int32_t* out_status = status.data_ptr<int32_t>();
+  const int64_t B = sh.B, V = sh.V, k = sh.k, D = sh.D;
+
+  const int64_t S = (V + kSlice - 1) / kSlice;
+  std::vector<Slice<T>> slices(static_cast<size_t>(B * S));
+  at::parallel_for(0, B * S, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / S, s = item % S;
+      const RowParams<T> rp = rs.row<T>(b);
+      if (rs.any_rows() && !row_params_ok(rp, V, k, np.kind, sh.pool)) continue;
+      const int64_t lo = s * kSlice, hi = std::min(V, lo + kSlice);
+      scan_slice<scalar_t, T>(X + b * sh.logits_stride, lo, hi, rp.inv_temp, sh.pool,
+                              slices[item]);
+    }
+  });
+
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    const size_t P = static_cast<size_t>(sh.pool);
+    std::vector<Candidate<T>> pool;
+    std::vector<T> e(P), key(P);
+    std::vector<int> order(P);
+    std::vector<uint8_t> taken(P);
+    std::vector<double> acc64;
+    std::vector<float> acc32;
+    for (int64_t b = begin; b < end; ++b) {
+      int64_t* row_ids = out_ids + b * k;
+      T* row_w = out_w + b * k;
+      T* row_noise = gumbel ? out_noise + b * k : nullptr;
+      emb_t* row_e = out_e + b * D;
+      const RowParams<T> rp = rs.row<T>(b);
+      int32_t flag = kStatusOk;
+      if (rs.any_rows() && !row_params_ok(rp, V, k, np.kind, sh.pool)) flag = kStatusBadParam;
+
+      RowStats<T> st = stats_empty<T>();
+      pool.clear();
+      for (int64_t s = 0; s < S && flag == kStatusOk; ++s) {
+        const Slice<T>& sl = slices[b * S + s];
+        if (sl.nonfinite) flag = kStatusNonFinite;
+        st = stats_merge(st, sl.st);
+        pool.insert(pool.end(), sl.cands.begin(), sl.cands.end());
+      }
+      if (flag == kStatusOk && st.s == T(0)) flag = kStatusAllMasked;
+      const bool is_hard = hard && hard[b];
+      const int64_t hard_id = (is_hard && hard_ids) ? hard_ids[b] : -1;  // -1: argmax
+      if (flag == kStatusOk && is_hard && hard_ids && (hard_id < 0 || hard_id >= V)) {
+        flag = kStatusBadHardId;
+      }
+      out_status[b] = flag;
+      if (flag != kStatusOk) {
+        poison_row(static_cast<int>(k), gumbel, row_ids, row_w, row_noise);
+        out_h[b] = sk_nan<T>();
+        out_pmax[b] = sk_nan<T>();
+        for (int64_t d = 0; d < D; ++d) row_e[d] = static_cast<emb_t>(sk_nan<float>());
+        continue;
+      }
+      if (S > 1) {
+        const size_t keep = std::min(P, pool.size());
+        std::partial_sort(pool.begin(), pool.begin() + keep, pool.end(), better<T>);
+        pool.resize(keep);
+      }
+      out_h[b] = stats_entropy(st);
+      out_pmax[b] = stats_max_prob(st);
+      const bool dirichlet = np.kind == kNoiseDirichlet;
+      const int pool_n = static_cast<int>(row_pool_size(V, k, rp.top_k, dirichlet));
+      if (is_hard) {
+        finish_hard_row(pool.data(), pool_n, static_cast<int>(k), hard_id, gumbel, row_ids, row_w,
+                        row_noise);
+        // Hard rows carry the token's embedding bit for bit.
+        std::memcpy(row_e, E + row_ids[0] * sh.emb_stride, sizeof(emb_t) * D);
+        continue;
+      }
+      RowScratch<T> sc{e.data(), key.data(), order.data(), taken.data()};
+      finish_row(pool.data(), pool_n, static_cast<int>(k), V, st, rp, np, sc, row_ids, row_w,
+                 row_noise);
+      mix_row(E, sh.emb_stride, D, row_ids, row_w, k, np.kind == kNoiseGaussian, np.sigma,
+              rp.seed, rp.offset, row_e, acc64, acc32);
+    }
+  });
+}
+
+SoftEmbedOutputs soft_embed_cpu(const at::Tensor& logits, const at::Tensor& embedding, int64_t k,
+                                double temperature, int64_t top_k, double top_p, double min_p,
+                                int64_t seed, int64_t offset, const OptTensor& temperature_rows,
+                                const OptTensor& top_k_rows, const OptTensor& top_p_rows,
+                                const OptTensor& min_p_rows, const OptTensor& seed_rows,
+                                const OptTensor& offset_rows, const OptTensor& hard,
+                                const OptTensor& hard_ids, int64_t noise_kind, double tau,
+                                double scale, double clamp_lo, double clamp_hi, double alpha,
+                                double sigma, int64_t pool) {
+  const SoftEmbedShape sh = make_shape(logits, embedding, k, pool);
+  const RowParamSource rs =
+      make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
+                      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows);
+  const NoiseParams np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
+  check_hard(hard, hard_ids, logits);
+  SoftEmbedOutputs outs = allocate_outputs(logits, embedding, k, noise_kind);
+  if (sh.B == 0) return outs;
+  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  const int64_t* hard_ids_p = hard_ids ? hard_ids->data_ptr<int64_t>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "soft_embed",
+                                  [&] {
+    using logits_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, embedding.scalar_type(),
+                                    "soft_embed_mix", [&] {
+      forward_kernel<logits_t, scalar_t>(logits, embedding, sh, rs, np, hard_p, hard_ids_p,
+                                         outs);
+    });
+  });
+  return outs;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward. With the selected slots S fixed (w_j > 0, or finite g' for Gumbel):
+//   no noise / Gaussian: w = softmax_S(z)           -> dz_i = w_i (c_i - sum_j w_j c_j)
+//   Gumbel:              w = softmax_S((z + n) / tau) -> dz_i = w_i (c_i - sum_j w_j c_j) / tau
+//                        g' = z - logsumexp_S(z) + n  -> dz_i += gn_i - w0_i sum_j gn_j
+//   Dirichlet, hard rows: weights do not depend on the logits.
+// with z = logits / T, c_j = <grad_embeds, E[id_j]> + grad_weights_j, and grad_logits = dz / T.
+// grad_embedding[id_j] += w_j * grad_embeds (all rows).
+template <typename scalar_t, typename emb_t>
+void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights,
+                     const OptTensor& grad_noise, const at::Tensor& logits,
+                     const at::Tensor& embedding, const at::Tensor& ids,
+                     const at::Tensor& weights, const at::Tensor& noise, const bool* hard,
+                     const RowParamSource& rs, int noise_kind, double tau, bool logits_grad,
+                     bool embedding_grad, at::Tensor& grad_logits, at::Tensor& grad_embedding) {
+  using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+  const int64_t B = logits.size(0), k = ids.size(1), D = embedding.size(1);
+  const int64_t ls = logits.stride(0), es = embedding.stride(0);
+  const scalar_t* X = logits.data_ptr<scalar_t>();
+  const emb_t* E = embedding.data_ptr<emb_t>();
+  const int64_t* I = ids.data_ptr<int64_t>();
+  const T* W = weights.data_ptr<T>();
+  const T* N = noise_kind == kNoiseGumbel ? noise.data_ptr<T>() : nullptr;
+  const emb_t* GE = grad_embeds ? grad_embeds->data_ptr<emb_t>() : nullptr;
+  const T* GW = grad_weights ? grad_weights->data_ptr<T>() : nullptr;
+  const T* GN = (grad_noise && N) ? grad_noise->data_ptr<T>() : nullptr;
+
+  if (logits_grad && noise_kind != kNoiseDirichlet) {
+    scalar_t* GL = grad_logits.data_ptr<scalar_t>();
+    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+      std::vector<T> c(k), w0(k);
+      for (int64_t b = begin; b < end; ++b) {
+        if (hard && hard[b]) continue;
+        const int64_t* id = I + b * k;
+        const T* w = W + b * k;
+        const T* n = N ? N + b * k : nullptr;
+        const T inv_temp = rs.row<T>(b).inv_temp;
+        auto in_set = [&](int64_t j) { return n ? n[j] != -sk_inf<T>() : w[j] > T(0); };
+        T wc = T(0);
+        for (int64_t j = 0; j < k; ++j) {
+          c[j] = T(0);
+          if (!in_set(j)) continue;
+          if (GE) {
+            const emb_t* row = E + id[j] * es;
+            const emb_t* g = GE + b * D;
+            T dot = T(0);
+            for (int64_t d = 0; d < D; ++d) dot += static_cast<T>(g[d]) * static_cast<T>(row[d]);
+            c[j] = dot;
+          }
+          if (GW) c[j] += GW[b * k + j];
+          wc += w[j] * c[j];
+        }
+        const T wscale = n ? T(1) / static_cast<T>(tau) : T(1);
+        scalar_t* gl = GL + b * ls;
+        for (int64_t j = 0; j < k; ++j) {
+          if (!in_set(j)) continue;
+          const T dz = wscale * w[j] * (c[j] - wc);
+          gl[id[j]] = static_cast<scalar_t>(static_cast<T>(gl[id[j]]) + dz * inv_temp);
+        }
+        if (GN) {
+          // w0 = softmax over the set of z = logits / T, recomputed from the logits.
+          const scalar_t* x = X + b * ls;
+          T zmax = -sk_inf<T>(), sum = T(0), gsum = T(0);
+          for (int64_t j = 0; j < k; ++j)
+            if (in_set(j)) zmax = std::max(zmax, static_cast<T>(x[id[j]]) * inv_temp);
+          for (int64_t j = 0; j < k; ++j) {
+            w0[j] = in_set(j) ? std::exp(static_cast<T>(x[id[j]]) * inv_temp - zmax) : T(0);
+            sum += w0[j];
+            if (in_set(j)) gsum += GN[b * k + j];
+          }
+          for (int64_t j = 0; j < k; ++j) {
+            if (!in_set(j)) continue;
+            const T dz = GN[b * k + j] - (w0[j] / sum) * gsum;
+            gl[id[j]] = static_cast<scalar_t>(static_cast<T>(gl[id[j]]) + dz * inv_temp);
+          }
+        }
+      }
+    });
+  }
+
+  if (embedding_grad && GE) {
+    // Threads own disjoint column ranges, so the scatter-add needs no atomics. Accumulate in
+    // fp32 (fp64 for fp64 tables) and round once.
+    using macc_t = std::conditional_t<std::is_same_v<emb_t, double>, double, float>;
+    at::Tensor acc = std::is_same_v<emb_t, macc_t>
+                         ? grad_embedding
+                         : at::zeros(grad_embedding.sizes(),
+                                     grad_embedding.options().dtype(
+                                         std::is_same_v<macc_t, double> ? at::kDouble : at::kFloat));
+    macc_t* A = acc.data_ptr<macc_t>();
+    const int64_t as = acc.stride(0);
+    at::parallel_for(0, D, 64, [&](int64_t d0, int64_t d1) {
+      for (int64_t b = 0; b < B; ++b) {
+        for (int64_t j = 0; j < k; ++j) {
+          const T wj = W[b * k + j];
+          if (!(wj != T(0))) continue;
+          macc_t* dst = A + I[b * k + j] * as;
+          const emb_t* g = GE + b * D;
+          for (int64_t d = d0; d < d1; ++d)
+            dst[d] += static_cast<macc_t>(wj) * static_cast<macc_t>(g[d]);
+        }
+      }
+    });
+    if (!acc.is_same(grad_embedding)) grad_embedding.copy_(acc);
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cpu(
+    const OptTensor& grad_embeds, const OptTensor& grad_weights, const OptTensor& grad_noise,
+    const at::Tensor& logits, const at::Tensor& embedding, const at::Tensor& ids,
+    const at::Tensor& weights, const at::Tensor& noise, const OptTensor& hard, double temperature,
+    const OptTensor& temperature_rows, int64_t noise_kind, double tau, bool logits_grad,
+    bool embedding_grad) {
+  TORCH_CHECK(logits.stride(1) == 1 && embedding.stride(1) == 1, "softkernels: rows must be contiguous");
+  const int64_t B = logits.size(0), k = ids.size(1);
+  TORCH_CHECK(ids.is_contiguous() && ids.size(0) == B, "softkernels: ids must be [B, k]");
+  TORCH_CHECK(weights.is_contiguous() && weights.sizes() == ids.sizes(),
+              "softkernels: weights must be [B, k]");
+  TORCH_CHECK(weights.scalar_type() == stats_dtype(logits), "softkernels: weights dtype");
+  if (noise_kind == kNoiseGumbel) {
+    TORCH_CHECK(noise.is_contiguous() && noise.sizes() == ids.sizes(), "softkernels: noise");
+  }
+  auto contig = [](const OptTensor& t) -> OptTensor {
+    return t ? OptTensor(t->contiguous()) : OptTensor();
+  };
+  const OptTensor ge = contig(grad_embeds), gw = contig(grad_weights), gn = contig(grad_noise);
+  if (ge) {
+    TORCH_CHECK(ge->scalar_type() == embedding.scalar_type() && ge->size(0) == B &&
+                    ge->size(1) == embedding.size(1),
+                "softkernels: grad_embeds must be [B, D] in the embedding's dtype");
+  }
+  if (gw) TORCH_CHECK(gw->sizes() == ids.sizes() && gw->scalar_type() == weights.scalar_type(),
+                      "softkernels: grad_weights");
+  if (gn) TORCH_CHECK(gn->sizes() == ids.sizes() && gn->scalar_type() == weights.scalar_type(),
+                      "softkernels: grad_noise");
+  check_row_tensor(hard, "hard", at::kBool, B, logits);
+  const RowParamSource rs = make_row_source(logits, temperature, 0, 1.0, 0.0, 0, 0,
+                                            temperature_rows, {}, {}, {}, {}, {});
+  at::Tensor grad_logits = at::zeros(logits.sizes(), logits.options());
+  at::Tensor grad_embedding = at::zeros(embedding.sizes(), embedding.options());
+  if (B == 0 || k == 0) return {grad_logits, grad_embedding};
+  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "soft_embed_backward", [&] {
+    using logits_t = scalar_t;
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, embedding.scalar_type(),
+                                    "soft_embed_backward_mix", [&] {
+      backward_kernel<logits_t, scalar_t>(ge, gw, gn, logits, embedding, ids, weights, noise,
+                                          hard_p, rs, static_cast<int>(noise_kind), tau,
+                                          logits_grad, embedding_grad, grad_logits,
+                                          grad_embedding);
+    });
+  });
+  return {grad_logits, grad_embedding};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(softkernels, CPU, m) {
+  m.impl("soft_embed", &soft_embed_cpu);
+  m.impl("soft_embed_backward", &soft_embed_backward_cpu);
+}
+
+}  // namespace softkernels::cpu

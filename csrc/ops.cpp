@@ -1,0 +1,35 @@
+// Operator schemas of the softkernels library: the one place that defines every op's signature.
+// CPU implementations register in csrc/cpu/, CUDA ones in csrc/cuda/, fake (meta) kernels and
+// autograd in softkernels/ops.py. User-facing argument checking also lives in ops.py: call the
+// ops through softkernels.* rather than torch.ops.softkernels.* directly.
+#include <Python.h>
+#include <torch/library.h>
+
+// The module exists only so that `import softkernels._C` loads this library (and with it the
+// static TORCH_LIBRARY registrations below); it defines no Python functions.
+extern "C" {
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+TORCH_LIBRARY(softkernels, m) {
+  // Fused softmax -> filters -> noise -> mixture. See docs/semantics.md. Per-row parameters come
+  // either as the scalar or as the optional [B] tensor (float64 / int64) that overrides it.
+  m.def(
+      "soft_embed(Tensor logits, Tensor embedding, int k, float temperature, int top_k, "
+      "float top_p, float min_p, int seed, int offset, Tensor? temperature_rows, "
+      "Tensor? top_k_rows, Tensor? top_p_rows, Tensor? min_p_rows, Tensor? seed_rows, "
+      "Tensor? offset_rows, Tensor? hard, Tensor? hard_ids, int noise_kind, float tau, "
+      "float scale, float clamp_lo, float clamp_hi, float alpha, float sigma, int pool) -> "
+      "(Tensor embeds, Tensor ids, Tensor weights, Tensor entropy, Tensor max_prob, "
+      "Tensor noise, Tensor status)");
+  // Gradients of soft_embed's embeds / weights / noise outputs with respect to logits and
+  // embedding (the selection is held fixed; Gumbel's g is held fixed).
+  m.def(
+      "soft_embed_backward(Tensor? grad_embeds, Tensor? grad_weights, Tensor? grad_noise, "
+      "Tensor logits, Tensor embedding, Tensor ids, Tensor weights, Tensor noise, Tensor? hard, "
+      "float temperature, Tensor? temperature_rows, int noise_kind, float tau, "
+      "bool logits_grad, bool embedding_grad) -> (Tensor grad_logits, Tensor grad_embedding)");
+}

@@ -1,0 +1,17 @@
+"""softkernels: fused CPU/CUDA kernels and Hugging Face hooks for soft thinking.
+
+Start with :func:`soft_embed` (the fused soft-token op) and, for generation, ``patch``.
+docs/semantics.md states every op's exact semantics; softkernels/reference.py is the float64
+reference the tests compare against.
+"""
+
+import torch  # noqa: F401  (loads libtorch before the extension)
+
+from . import _C  # noqa: F401  (registers torch.ops.softkernels.*)
+from .noise import Dirichlet, Gaussian, Gumbel
+from .ops import soft_embed
+from .soft_tokens import SoftTokens
+
+__version__ = "0.1.0"
+
+__all__ = ["soft_embed", "SoftTokens", "Gumbel", "Dirichlet", "Gaussian", "__version__"]

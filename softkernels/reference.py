@@ -1,0 +1,265 @@
+"""Float64 pure-PyTorch reference of every softkernels op: the specification in code.
+
+These functions are slow (a Python loop over rows, full sorts) and written for clarity. The tests
+compare the fused kernels against them on random inputs. docs/semantics.md states the same rules
+in prose; when the two disagree, that is a bug in one of them.
+
+Conventions shared with the kernels:
+* ties are broken by the lower token id in every selection;
+* randomness is Philox 4x32-10 with counter ``(index, tag << 16 | attempt, offset_lo, offset_hi)``
+  and key ``(seed_lo, seed_hi)``; uniforms are odd multiples of 2^-24 (exact in float32).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence, Union
+
+import torch
+
+from .noise import Dirichlet, Gaussian, Gumbel, Noise
+from .soft_tokens import SoftTokens
+
+__all__ = ["philox4x32_10", "philox_draw", "uniform_open", "gumbel_noise", "gaussian_noise",
+           "log_gamma_sample", "soft_embed_reference", "TAG_GUMBEL", "TAG_DIRICHLET",
+           "TAG_GAUSSIAN"]
+
+TAG_GUMBEL, TAG_DIRICHLET, TAG_GAUSSIAN = 1, 2, 3
+GAMMA_MAX_ATTEMPTS = 16
+_M32 = 0xFFFFFFFF
+
+
+# --------------------------------------------------------------------------------------------
+# Philox 4x32-10 on int64 tensors (every value kept in [0, 2^32)).
+
+def _mulhilo(a: int, b: torch.Tensor):
+    # a * b for 32-bit operands, split so that no intermediate leaves int64.
+    lo16, hi16 = b & 0xFFFF, b >> 16
+    p1 = a * lo16                      # < 2^48
+    p2 = a * hi16                      # < 2^48
+    mid = p1 + ((p2 & 0xFFFF) << 16)   # < 2^49
+    lo = mid & _M32
+    hi = (p2 >> 16) + (mid >> 32)
+    return hi & _M32, lo
+
+
+def philox4x32_10(ctr: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Philox 4x32-10 of counters ``ctr`` [..., 4] under keys ``key`` [..., 2] (int64 holding uint32)."""
+    c0, c1, c2, c3 = (ctr[..., i].clone() for i in range(4))
+    k0, k1 = key[..., 0].clone(), key[..., 1].clone()
+    for _ in range(10):
+        hi0, lo0 = _mulhilo(0xD2511F53, c0)
+        hi1, lo1 = _mulhilo(0xCD9E8D57, c2)
+        c0, c1, c2, c3 = hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0
+        k0 = (k0 + 0x9E3779B9) & _M32
+        k1 = (k1 + 0xBB67AE85) & _M32
+    return torch.stack([c0, c1, c2, c3], dim=-1)
+
+
+def _u64_words(x: int):
+    x &= (1 << 64) - 1
+    return x & _M32, x >> 32
+
+
+def philox_draw(seed: int, offset: int, tag: int, index: torch.Tensor, attempt: int = 0):
+    """Four uint32 words (as int64) per entry of ``index`` for one row's (seed, offset)."""
+    index = index.to(torch.int64) & _M32
+    s0, s1 = _u64_words(int(seed))
+    o0, o1 = _u64_words(int(offset))
+    shape = index.shape
+    ctr = torch.stack([index,
+                       torch.full(shape, (tag << 16) | (attempt & 0xFFFF), dtype=torch.int64),
+                       torch.full(shape, o0, dtype=torch.int64),
+                       torch.full(shape, o1, dtype=torch.int64)], dim=-1)
+    key = torch.tensor([s0, s1], dtype=torch.int64).expand(*shape, 2)
+    return philox4x32_10(ctr, key)
+
+
+def uniform_open(bits: torch.Tensor) -> torch.Tensor:
+    """Uniform in (0, 1) from uint32 words: ((x >> 9) * 2 + 1) * 2^-24, in float64."""
+    return (((bits >> 9) << 1) | 1).to(torch.float64) * 2.0 ** -24
+
+
+def gumbel_noise(seed: int, offset: int, ids: torch.Tensor) -> torch.Tensor:
+    """Standard Gumbel variables of the given token ids for one row."""
+    u = uniform_open(philox_draw(seed, offset, TAG_GUMBEL, ids)[..., 0])
+    return -torch.log(-torch.log(u))
+
+
+def _normal_pair(a: torch.Tensor, b: torch.Tensor):
+    r = torch.sqrt(-2.0 * torch.log(uniform_open(a)))
+    theta = 2.0 * math.pi * uniform_open(b)
+    return r * torch.cos(theta), r * torch.sin(theta)
+
+
+def gaussian_noise(seed: int, offset: int, dim: int) -> torch.Tensor:
+    """Standard normal draws for embedding dimensions 0..dim-1 of one row (Box-Muller)."""
+    q = torch.arange((dim + 3) // 4, dtype=torch.int64)
+    w = philox_draw(seed, offset, TAG_GAUSSIAN, q)
+    n0, n1 = _normal_pair(w[:, 0], w[:, 1])
+    n2, n3 = _normal_pair(w[:, 2], w[:, 3])
+    return torch.stack([n0, n1, n2, n3], dim=-1).reshape(-1)[:dim]
+
+
+def log_gamma_sample(shape: torch.Tensor, seed: int, offset: int, ids: torch.Tensor) -> torch.Tensor:
+    """log of Gamma(shape, 1) draws keyed by token id (Marsaglia-Tsang; see csrc/common/philox.h)."""
+    shape = shape.to(torch.float64)
+    boost = shape < 1
+    a = torch.where(boost, shape + 1, shape)
+    d = a - 1.0 / 3.0
+    c = 1.0 / torch.sqrt(9.0 * d)
+    log_g = torch.log(a)                      # fallback after GAMMA_MAX_ATTEMPTS rejections
+    boost_u = torch.full_like(shape, 0.5)
+    done = torch.zeros_like(boost)
+    for attempt in range(GAMMA_MAX_ATTEMPTS):
+        w = philox_draw(seed, offset, TAG_DIRICHLET, ids, attempt)
+        n, _ = _normal_pair(w[..., 0], w[..., 1])
+        v = 1 + c * n
+        ok = v > 0
+        v3 = torch.where(ok, v, torch.ones_like(v)) ** 3
+        u = uniform_open(w[..., 2])
+        accept = ok & (torch.log(u) < 0.5 * n * n + d - d * v3 + d * torch.log(v3)) & ~done
+        log_g = torch.where(accept, torch.log(d * v3), log_g)
+        boost_u = torch.where(accept, uniform_open(w[..., 3]), boost_u)
+        done = done | accept
+        if bool(done.all()):
+            break
+    return torch.where(boost, log_g + torch.log(boost_u) / shape, log_g)
+
+
+# --------------------------------------------------------------------------------------------
+# soft_embed
+
+def _row_value(x, b: int, cast):
+    if isinstance(x, torch.Tensor):
+        return cast(x.reshape(-1)[b].item()) if x.dim() > 0 else cast(x.item())
+    return cast(x)
+
+
+def _sort_desc(key: torch.Tensor) -> torch.Tensor:
+    """Indices sorting ``key`` descending, equal keys by ascending index."""
+    return torch.sort(-key, stable=True).indices
+
+
+def soft_embed_reference(
+    logits: torch.Tensor,
+    embedding: torch.Tensor,
+    *,
+    k: int,
+    temperature: Union[float, torch.Tensor] = 1.0,
+    top_k: Union[int, torch.Tensor] = 0,
+    top_p: Union[float, torch.Tensor] = 1.0,
+    min_p: Union[float, torch.Tensor] = 0.0,
+    noise: Optional[Noise] = None,
+    seed: Union[int, torch.Tensor] = 0,
+    offset: Union[int, torch.Tensor] = 0,
+    hard: Optional[torch.Tensor] = None,
+    hard_ids: Optional[torch.Tensor] = None,
+) -> SoftTokens:
+    """Float64 reference of :func:`softkernels.soft_embed` (same arguments, no validation).
+
+    Differentiable with respect to ``logits`` and ``embedding`` through the weights (selection
+    and noise held fixed), like the kernels. All outputs are float64 (embeds too).
+    """
+    B, V = logits.shape
+    D = embedding.shape[1]
+    if isinstance(noise, Gaussian) and noise.relative:
+        noise = noise.absolute(embedding)
+    E = embedding.to(torch.float64)
+    X = logits.to(torch.float64)
+    rows_e, rows_ids, rows_w, rows_h, rows_pmax, rows_noise = [], [], [], [], [], []
+    for b in range(B):
+        T = _row_value(temperature, b, float)
+        tk = _row_value(top_k, b, int)
+        tp = _row_value(top_p, b, float)
+        mp = _row_value(min_p, b, float)
+        sd = _row_value(seed, b, int)
+        off = _row_value(offset, b, int)
+
+        z = X[b] / T                                   # 1. tempered logits
+        p = torch.softmax(z, dim=0)
+        pos = p > 0
+        entropy = -(p[pos] * torch.log(p[pos])).sum()  # 2. entropy over all V, nats
+        max_prob = p.max()
+        order = _sort_desc(z.detach())                 # best first, ties by lower id
+        ps = p.detach()[order]
+        n = int((ps > 0).sum())
+
+        is_hard = hard is not None and bool(hard[b])
+        g_prime = None
+        if is_hard:
+            first = int(hard_ids[b]) if hard_ids is not None else int(order[0])
+            rest = [int(i) for i in order.tolist() if int(i) != first][: k - 1]
+            ids = torch.tensor([first] + rest, dtype=torch.int64)
+            w = torch.zeros(k, dtype=torch.float64)
+            w[0] = 1.0
+            emb = E[first]
+            if isinstance(noise, Gumbel):
+                g_prime = torch.full((k,), -math.inf, dtype=torch.float64)
+                g_prime[0] = 0.0
+        else:
+            # 3. top_k
+            n1 = min(n, tk) if 0 < tk < V else n
+            q = ps[:n1] / ps[:n1].sum()
+            # 4. top_p: keep while the mass kept before is < top_p; the first always stays.
+            n2 = n1
+            if tp < 1.0:
+                before = torch.cumsum(q, 0) - q
+                stop = (before >= tp).nonzero()
+                stop = [int(i) for i in stop.flatten().tolist() if i > 0]
+                n2 = stop[0] if stop else n1
+            # 5. min_p: keep p_i >= min_p * max p.
+            n3 = n2
+            if mp > 0.0:
+                n3 = int((q[:n2] >= mp * q[0]).sum())
+            nk = min(k, n3)
+            surv_ids = order[:n3]
+            if isinstance(noise, Dirichlet):
+                # 6. Dirichlet over the survivors; 7. keep the k largest draws, renormalise.
+                ps3 = q[:n3] / q[:n3].sum()
+                logg = log_gamma_sample(noise.alpha * ps3, sd, off, surv_ids)
+                pick = _sort_desc(logg)[:nk]
+                chosen = pick
+                w_sel = torch.softmax(logg[pick], dim=0)       # G / sum G over the kept
+            else:
+                # 7. keep the k largest survivors, renormalise (differentiable in z).
+                chosen = torch.arange(nk)
+                w_sel = torch.softmax(z[order[:nk]], dim=0)
+            if isinstance(noise, Gumbel):
+                # 8. g' = log w + scale * clamp(g); w = softmax(g' / tau); re-sort.
+                lo, hi = noise.bounds
+                g = gumbel_noise(sd, off, order[chosen]).clamp(lo, hi)
+                gp = torch.log(w_sel) + noise.scale * g
+                re = _sort_desc(gp.detach())
+                chosen, gp = chosen[re], gp[re]
+                w_sel = torch.softmax(gp / noise.tau, dim=0)
+                g_prime = torch.cat([gp, torch.full((k - nk,), -math.inf, dtype=torch.float64)])
+            taken = set(int(i) for i in chosen.tolist())
+            rest = [i for i in range(len(order)) if i not in taken][: k - nk]
+            slot_pos = torch.cat([chosen, torch.tensor(rest, dtype=torch.int64)])
+            ids = order[slot_pos]
+            w = torch.cat([w_sel, torch.zeros(k - nk, dtype=torch.float64)])
+            # 9. mixture; 10. Gaussian noise.
+            emb = (w[:nk, None] * E[ids[:nk]]).sum(0)
+            if isinstance(noise, Gaussian):
+                emb = emb + noise.sigma * gaussian_noise(sd, off, D)
+        rows_e.append(emb)
+        rows_ids.append(ids)
+        rows_w.append(w)
+        rows_h.append(entropy)
+        rows_pmax.append(max_prob)
+        rows_noise.append(g_prime)
+
+    f64 = dict(dtype=torch.float64)
+    if B == 0:
+        return SoftTokens(torch.zeros(0, D, **f64), torch.zeros(0, k, dtype=torch.int64),
+                          torch.zeros(0, k, **f64), torch.zeros(0, **f64), torch.zeros(0, **f64),
+                          torch.zeros(0, k, **f64) if isinstance(noise, Gumbel) else None)
+    return SoftTokens(
+        embeds=torch.stack(rows_e),
+        ids=torch.stack(rows_ids),
+        weights=torch.stack(rows_w),
+        entropy=torch.stack(rows_h),
+        max_prob=torch.stack(rows_pmax),
+        noise=torch.stack(rows_noise) if isinstance(noise, Gumbel) else None,
+    )
