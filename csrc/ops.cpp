@@ -32,4 +32,15 @@ TORCH_LIBRARY(softkernels, m) {
       "Tensor logits, Tensor embedding, Tensor ids, Tensor weights, Tensor noise, Tensor? hard, "
       "float temperature, Tensor? temperature_rows, int noise_kind, float tau, "
       "bool logits_grad, bool embedding_grad) -> (Tensor grad_logits, Tensor grad_embedding)");
+  // One decoding step of the per-row thinking state machine (csrc/common/route.h): Cold Stop,
+  // ThinkRouter confidence routing and the thinking budget, for all rows at once, no host sync.
+  // phase int8 [B] (1 thinking, 0 answering), low_count / think_steps int32 [B]; returns the
+  // step's mode int8 [B] (0 hard, 1 soft, 2 forced think-end), the token to emit int64 [B] and the
+  // new state.
+  m.def(
+      "route_step(Tensor entropy, Tensor max_prob, Tensor next_ids, Tensor phase, "
+      "Tensor low_count, Tensor think_steps, int think_end_id, float cold_stop_entropy, "
+      "int cold_stop_patience, float router_threshold, int max_think_tokens) -> "
+      "(Tensor mode, Tensor token, Tensor phase_out, Tensor low_count_out, "
+      "Tensor think_steps_out)");
 }

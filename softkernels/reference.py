@@ -21,7 +21,7 @@ from .noise import Dirichlet, Gaussian, Gumbel, Noise
 from .soft_tokens import SoftTokens
 
 __all__ = ["philox4x32_10", "philox_draw", "uniform_open", "gumbel_noise", "gaussian_noise",
-           "log_gamma_sample", "soft_embed_reference", "TAG_GUMBEL", "TAG_DIRICHLET",
+           "log_gamma_sample", "soft_embed_reference", "route_step_reference", "TAG_GUMBEL", "TAG_DIRICHLET",
            "TAG_GAUSSIAN"]
 
 TAG_GUMBEL, TAG_DIRICHLET, TAG_GAUSSIAN = 1, 2, 3
@@ -263,3 +263,38 @@ def soft_embed_reference(
         max_prob=torch.stack(rows_pmax),
         noise=torch.stack(rows_noise) if isinstance(noise, Gumbel) else None,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# route_step
+
+def route_step_reference(entropy, max_prob, next_ids, state, *, think_end_id=None,
+                         cold_stop_entropy=None, cold_stop_patience=256, router_threshold=None,
+                         max_think_tokens=None):
+    """Reference of :func:`softkernels.route_step` (a plain loop over rows)."""
+    from .routing import RouteState, RouteStep
+    B = entropy.shape[0]
+    mode = torch.zeros(B, dtype=torch.int8)
+    token = next_ids.clone().cpu()
+    phase = state.phase.clone().cpu()
+    low = state.low_count.clone().cpu()
+    steps = state.think_steps.clone().cpu()
+    for b in range(B):
+        if phase[b] == 0:
+            continue                                   # answering: hard, unchanged
+        if think_end_id is not None and int(next_ids[b]) == think_end_id:
+            phase[b], low[b] = 0, 0                    # the model ended thinking itself
+            continue
+        forced = max_think_tokens is not None and int(steps[b]) >= max_think_tokens
+        if not forced and cold_stop_entropy is not None:
+            low[b] = low[b] + 1 if float(entropy[b]) < cold_stop_entropy else 0
+            forced = int(low[b]) >= cold_stop_patience
+        if forced:
+            phase[b], low[b] = 0, 0
+            if think_end_id is not None:
+                mode[b], token[b] = 2, think_end_id
+            continue
+        steps[b] += 1
+        hard = router_threshold is not None and float(max_prob[b]) < router_threshold
+        mode[b] = 0 if hard else 1
+    return RouteStep(mode, token, RouteState(phase, low, steps))

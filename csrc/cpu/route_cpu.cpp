@@ -1,0 +1,46 @@
+// CPU implementation of route_step: csrc/common/route.h applied to every row.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <torch/library.h>
+
+#include "common/route.h"
+#include "route_host.h"
+
+namespace softkernels::cpu {
+namespace {
+
+RouteOutputs route_step_cpu(const at::Tensor& entropy, const at::Tensor& max_prob,
+                            const at::Tensor& next_ids, const at::Tensor& phase,
+                            const at::Tensor& low_count, const at::Tensor& think_steps,
+                            int64_t think_end_id, double cold_stop_entropy,
+                            int64_t cold_stop_patience, double router_threshold,
+                            int64_t max_think_tokens) {
+  check_route_inputs(entropy, max_prob, next_ids, phase, low_count, think_steps);
+  RouteOutputs outs = allocate_route_outputs(phase);
+  auto& [mode, token, phase_out, low_out, steps_out] = outs;
+  const RouteConfig cfg{think_end_id, cold_stop_entropy, cold_stop_patience, router_threshold,
+                        max_think_tokens};
+  const int64_t B = phase.numel();
+  AT_DISPATCH_FLOATING_TYPES(entropy.scalar_type(), "route_step", [&] {
+    const scalar_t* h = entropy.data_ptr<scalar_t>();
+    const scalar_t* pm = max_prob.data_ptr<scalar_t>();
+    const int64_t* nid = next_ids.data_ptr<int64_t>();
+    for (int64_t b = 0; b < B; ++b) {
+      RouteState s{phase.data_ptr<int8_t>()[b], low_count.data_ptr<int32_t>()[b],
+                   think_steps.data_ptr<int32_t>()[b]};
+      int64_t tok;
+      mode.data_ptr<int8_t>()[b] = route_row<scalar_t>(s, h[b], pm[b], nid[b], cfg, tok);
+      token.data_ptr<int64_t>()[b] = tok;
+      phase_out.data_ptr<int8_t>()[b] = s.phase;
+      low_out.data_ptr<int32_t>()[b] = s.low_count;
+      steps_out.data_ptr<int32_t>()[b] = s.think_steps;
+    }
+  });
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(softkernels, CPU, m) { m.impl("route_step", &route_step_cpu); }
+
+}  // namespace softkernels::cpu
