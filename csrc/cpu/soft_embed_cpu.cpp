@@ -25,25 +25,28 @@
 namespace softkernels::cpu {
 namespace {
 
+// Softmax statistics of one fixed slice of a row.
 template <typename T>
-struct Slice {
+struct SliceStats {
   RowStats<T> st = stats_empty<T>();
-  std::vector<Candidate<T>> cands;
   bool nonfinite = false;
 };
 
-// Rows are cut into fixed slices whose partial states are merged in order. The cut depends on V
-// only, never on B or the thread count, so a row's result is bitwise the same in any batch.
+// Rows are cut into fixed slices whose statistics are merged in slice order. The cut depends on V
+// only, never on B or the thread count, so a row's result is bitwise the same in any batch. (The
+// candidate selection is exact whatever order it sees the slices in, so one selector may run
+// across several slices of a row.)
 constexpr int64_t kSlice = 32768;
 constexpr int64_t kChunk = 2048;
 
-// Vectorised scan for fp32 accumulation (fp32 / bf16 / fp16 logits).
+// Vectorised scan for fp32 accumulation (fp32 / bf16 / fp16 logits): one read of the logits,
+// chunk by chunk; each chunk is converted and scaled into an L1-resident buffer, then a second
+// loop over that buffer updates the sums and offers candidates to the selector.
 template <typename scalar_t>
 void scan_slice_f32(const scalar_t* x, int64_t begin, int64_t end, float inv_temp,
-                    int64_t pool, Slice<float>& out) {
+                    TopSelector<float>& sel, SliceStats<float>& out) {
   constexpr int64_t W = FVec::size();
   alignas(64) float z[kChunk];
-  TopSelector<float> sel(std::min(pool, end - begin));
   RowStats<float>& st = out.st;
   const FVec vinv(inv_temp), vfloor(-1e4f);
   for (int64_t c0 = begin; c0 < end; c0 += kChunk) {
@@ -63,59 +66,65 @@ void scan_slice_f32(const scalar_t* x, int64_t begin, int64_t end, float inv_tem
     alignas(64) float lanes[W];
     vmax.store(lanes);
     float cmax = -sk_inf<float>();
-    for (int l = 0; l < W; ++l) cmax = sk_isnan(lanes[l]) || sk_isnan(cmax) ? sk_nan<float>()
-                                                                              : std::max(cmax, lanes[l]);
+    auto fold = [&cmax](float v) {
+      cmax = sk_isnan(v) || sk_isnan(cmax) ? sk_nan<float>() : std::max(cmax, v);
+    };
+    for (int l = 0; l < W; ++l) fold(lanes[l]);
     for (; i < n; ++i) {
       z[i] = static_cast<float>(x[c0 + i]) * inv_temp;
-      cmax = sk_isnan(z[i]) || sk_isnan(cmax) ? sk_nan<float>() : std::max(cmax, z[i]);
+      fold(z[i]);
     }
     if (sk_isnan(cmax) || cmax == sk_inf<float>()) {
       out.nonfinite = true;
       return;
     }
-    if (cmax > -sk_inf<float>()) {
-      if (cmax > st.m) st = stats_rebase(st, cmax);
-      const FVec vm(st.m);
-      FVec vs(0.f), va(0.f);
-      i = 0;
-      for (; i + W <= n; i += W) {
+    const bool any_finite = cmax > -sk_inf<float>();
+    if (any_finite && cmax > st.m) st = stats_rebase(st, cmax);
+    // Candidates first offered one by one until the selector holds its P entries.
+    i = 0;
+    for (; i < n && !sel.full(); ++i) sel.push(z[i], c0 + i);
+    const FVec vm(st.m);
+    FVec vs(0.f), va(0.f);
+    int64_t j = 0;
+    if (any_finite) {
+      for (; j + W <= n; j += W) {
+        const FVec zj = FVec::loadu(z + j);
         // Clamping z - m keeps -inf entries at e = 0 and e * t = 0 (not 0 * -inf = NaN).
-        const FVec t = at::vec::maximum(FVec::loadu(z + i) - vm, vfloor);
+        const FVec t = at::vec::maximum(zj - vm, vfloor);
         const FVec e = t.exp_u20();
         vs = vs + e;
         va = at::vec::fmadd(e, t, va);
-      }
-      float s = hsum(vs), a = hsum(va);
-      for (; i < n; ++i) {
-        if (z[i] == -sk_inf<float>()) continue;
-        const float t = z[i] - st.m, e = std::exp(t);
-        s += e;
-        a += e * t;
-      }
-      st.s += s;
-      st.a += a;
-    }
-    // Candidates: everything until the pool is full, then only what beats its worst member.
-    i = 0;
-    for (; i < n && !sel.full(); ++i) sel.push(z[i], c0 + i);
-    for (; i + W <= n; i += W) {
-      const FVec gt = FVec::loadu(z + i) > FVec(sel.threshold());
-      const int zero = gt.zero_mask();
-      if (zero == (1 << W) - 1) continue;
-      for (int l = 0; l < W; ++l) {
-        if (!(zero & (1 << l))) sel.push(z[i + l], c0 + i + l);
+        if (j >= i) {
+          const int zero = (zj > FVec(sel.threshold())).zero_mask();
+          if (zero != (1 << W) - 1) {
+            for (int l = 0; l < W; ++l) {
+              if (!(zero & (1 << l))) sel.push(z[j + l], c0 + j + l);
+            }
+          }
+        } else {
+          for (int l = 0; l < W; ++l) {
+            if (j + l >= i) sel.push(z[j + l], c0 + j + l);
+          }
+        }
       }
     }
-    for (; i < n; ++i) sel.push(z[i], c0 + i);
+    float s_sum = hsum(vs), a_sum = hsum(va);
+    for (; j < n; ++j) {
+      if (j >= i) sel.push(z[j], c0 + j);
+      if (z[j] == -sk_inf<float>()) continue;
+      const float t = z[j] - st.m, e = std::exp(t);
+      s_sum += e;
+      a_sum += e * t;
+    }
+    st.s += s_sum;
+    st.a += a_sum;
   }
-  out.cands = std::move(sel.finish());
 }
 
 // Scalar scan (float64 logits, used by gradcheck and the double-precision tests).
 template <typename scalar_t, typename T>
-void scan_slice_scalar(const scalar_t* x, int64_t begin, int64_t end, T inv_temp, int64_t pool,
-                       Slice<T>& out) {
-  TopSelector<T> sel(std::min(pool, end - begin));
+void scan_slice_scalar(const scalar_t* x, int64_t begin, int64_t end, T inv_temp,
+                       TopSelector<T>& sel, SliceStats<T>& out) {
   for (int64_t i = begin; i < end; ++i) {
     const T z = static_cast<T>(x[i]) * inv_temp;
     if (sk_isnan(z) || z == sk_inf<T>()) {
@@ -125,16 +134,15 @@ void scan_slice_scalar(const scalar_t* x, int64_t begin, int64_t end, T inv_temp
     if (z != -sk_inf<T>()) stats_push(out.st, z);
     sel.push(z, i);
   }
-  out.cands = std::move(sel.finish());
 }
 
 template <typename scalar_t, typename T>
-void scan_slice(const scalar_t* x, int64_t begin, int64_t end, T inv_temp, int64_t pool,
-                Slice<T>& out) {
+void scan_slice(const scalar_t* x, int64_t begin, int64_t end, T inv_temp, TopSelector<T>& sel,
+                SliceStats<T>& out) {
   if constexpr (std::is_same_v<T, float>) {
-    scan_slice_f32<scalar_t>(x, begin, end, inv_temp, pool, out);
+    scan_slice_f32<scalar_t>(x, begin, end, inv_temp, sel, out);
   } else {
-    scan_slice_scalar<scalar_t, T>(x, begin, end, inv_temp, pool, out);
+    scan_slice_scalar<scalar_t, T>(x, begin, end, inv_temp, sel, out);
   }
 }
 
@@ -199,15 +207,25 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
   const int64_t B = sh.B, V = sh.V, k = sh.k, D = sh.D;
 
   const int64_t S = (V + kSlice - 1) / kSlice;
-  std::vector<Slice<T>> slices(static_cast<size_t>(B * S));
-  at::parallel_for(0, B * S, 1, [&](int64_t begin, int64_t end) {
+  // Work items: whole rows when there are enough of them for the threads, else single slices.
+  const int64_t per_item = B >= at::get_num_threads() ? S : 1;
+  const int64_t items_per_row = S / per_item;
+  std::vector<SliceStats<T>> stats(static_cast<size_t>(B * S));
+  std::vector<std::vector<Candidate<T>>> cands(static_cast<size_t>(B * items_per_row));
+  at::parallel_for(0, B * items_per_row, 1, [&](int64_t begin, int64_t end) {
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / S, s = item % S;
+      const int64_t b = item / items_per_row, s0 = (item % items_per_row) * per_item;
       const RowParams<T> rp = rs.row<T>(b);
       if (rs.any_rows() && !row_params_ok(rp, V, k, np.kind, sh.pool)) continue;
-      const int64_t lo = s * kSlice, hi = std::min(V, lo + kSlice);
-      scan_slice<scalar_t, T>(X + b * sh.logits_stride, lo, hi, rp.inv_temp, sh.pool,
-                              slices[item]);
+      const int64_t lo = s0 * kSlice, hi = std::min(V, (s0 + per_item) * kSlice);
+      TopSelector<T> sel(std::min(sh.pool, hi - lo));
+      for (int64_t s = s0; s < s0 + per_item; ++s) {
+        SliceStats<T>& sl = stats[b * S + s];
+        scan_slice<scalar_t, T>(X + b * sh.logits_stride, s * kSlice,
+                                std::min(V, (s + 1) * kSlice), rp.inv_temp, sel, sl);
+        if (sl.nonfinite) break;
+      }
+      cands[item] = std::move(sel.finish());
     }
   });
 
@@ -231,10 +249,13 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
       RowStats<T> st = stats_empty<T>();
       pool.clear();
       for (int64_t s = 0; s < S && flag == kStatusOk; ++s) {
-        const Slice<T>& sl = slices[b * S + s];
+        const SliceStats<T>& sl = stats[b * S + s];
         if (sl.nonfinite) flag = kStatusNonFinite;
         st = stats_merge(st, sl.st);
-        pool.insert(pool.end(), sl.cands.begin(), sl.cands.end());
+      }
+      for (int64_t it = 0; it < items_per_row && flag == kStatusOk; ++it) {
+        const auto& c = cands[b * items_per_row + it];
+        pool.insert(pool.end(), c.begin(), c.end());
       }
       if (flag == kStatusOk && st.s == T(0)) flag = kStatusAllMasked;
       const bool is_hard = hard && hard[b];
@@ -250,7 +271,7 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
         for (int64_t d = 0; d < D; ++d) row_e[d] = static_cast<emb_t>(sk_nan<float>());
         continue;
       }
-      if (S > 1) {
+      if (items_per_row > 1) {
         const size_t keep = std::min(P, pool.size());
         std::partial_sort(pool.begin(), pool.begin() + keep, pool.end(), better<T>);
         pool.resize(keep);

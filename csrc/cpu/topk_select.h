@@ -13,8 +13,9 @@ namespace softkernels::cpu {
 template <typename T>
 class TopSelector {
  public:
-  explicit TopSelector(int64_t capacity) : P_(capacity) {
-    buf_.reserve(static_cast<size_t>(2 * P_ + 16));
+  explicit TopSelector(int64_t capacity)
+      : P_(capacity), cap_(capacity + std::max<int64_t>(capacity, 128)) {
+    buf_.reserve(static_cast<size_t>(cap_));
   }
 
   // The z a newcomer must beat to be stored (-inf until P candidates have been seen).
@@ -30,7 +31,7 @@ class TopSelector {
         thresh_ = buf_[0].z;
         for (const auto& c : buf_) thresh_ = std::min(thresh_, c.z);
       }
-    } else if (static_cast<int64_t>(buf_.size()) >= 2 * P_ + 16) {
+    } else if (static_cast<int64_t>(buf_.size()) >= cap_) {
       compact();
     }
   }
@@ -51,6 +52,7 @@ class TopSelector {
   }
 
   int64_t P_;
+  int64_t cap_;  // compact (nth_element) when the buffer reaches this size
   std::vector<Candidate<T>> buf_;
   T thresh_ = -sk_inf<T>();
   bool full_ = false;
