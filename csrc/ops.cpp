@@ -43,4 +43,32 @@ TORCH_LIBRARY(softkernels, m) {
       "int cold_stop_patience, float router_threshold, int max_think_tokens) -> "
       "(Tensor mode, Tensor token, Tensor phase_out, Tensor low_count_out, "
       "Tensor think_steps_out)");
+
+  // RL log-probabilities (docs/training.md). Inputs carry any leading batch shape [...];
+  // outputs are [...] in fp32 (fp64 for fp64 inputs).
+  // SofT-GRPO's log-probability of a Gumbel soft token from logits [..., V] at the saved slot ids
+  // and perturbed log-weights g_prime [..., k] (-inf marks an excluded slot); hard rows use
+  // log softmax(logits / T)[ids[..., 0]]. Also returns the row's log-sum-exp (saved for the
+  // backward) and a per-row status (csrc/common/logprob.h LogprobStatus).
+  m.def(
+      "gumbel_logprob(Tensor logits, Tensor ids, Tensor g_prime, Tensor? hard, "
+      "float temperature, float scale, float clamp_lo, float clamp_hi, float min_weight) -> "
+      "(Tensor logprob, Tensor lse, Tensor status)");
+  // Gradient of gumbel_logprob w.r.t. logits (dense, contiguous, logits' dtype) and, if asked,
+  // g_prime (else an empty tensor).
+  m.def(
+      "gumbel_logprob_backward(Tensor grad, Tensor logits, Tensor ids, Tensor g_prime, "
+      "Tensor? hard, Tensor lse, float temperature, float scale, float clamp_lo, "
+      "float clamp_hi, float min_weight, bool g_prime_grad) -> "
+      "(Tensor grad_logits, Tensor grad_g_prime)");
+  // log N(x; mean, sigma^2 I) over the last dim of x, mean [..., D] (one shape and dtype);
+  // sigma per row from sigma_rows [...] when given, else the scalar. Also returns
+  // ||x - mean||^2 (saved for the backward).
+  m.def(
+      "gaussian_logprob(Tensor x, Tensor mean, Tensor? sigma_rows, float sigma) -> "
+      "(Tensor logprob, Tensor sqdist)");
+  // Gradients w.r.t. x and mean (dense, contiguous, x's dtype; empty when not asked).
+  m.def(
+      "gaussian_logprob_backward(Tensor grad, Tensor x, Tensor mean, Tensor? sigma_rows, "
+      "float sigma, bool x_grad, bool mean_grad) -> (Tensor grad_x, Tensor grad_mean)");
 }

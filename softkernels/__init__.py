@@ -9,10 +9,12 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.softkernels.*)
 from .noise import Dirichlet, Gaussian, Gumbel
+from .logprob import gaussian_logprob, gumbel_logprob
 from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
 from .soft_tokens import SoftTokens
 
 __version__ = "0.1.0"
 
-__all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet", "Gaussian", "__version__"]
+__all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet", "Gaussian", "__version__",
+           "gumbel_logprob", "gaussian_logprob"]

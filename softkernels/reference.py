@@ -22,7 +22,7 @@ from .soft_tokens import SoftTokens
 
 __all__ = ["philox4x32_10", "philox_draw", "uniform_open", "gumbel_noise", "gaussian_noise",
            "log_gamma_sample", "soft_embed_reference", "route_step_reference", "TAG_GUMBEL", "TAG_DIRICHLET",
-           "TAG_GAUSSIAN"]
+           "TAG_GAUSSIAN", "gumbel_logprob_reference", "gaussian_logprob_reference"]
 
 TAG_GUMBEL, TAG_DIRICHLET, TAG_GAUSSIAN = 1, 2, 3
 GAMMA_MAX_ATTEMPTS = 16
@@ -298,3 +298,55 @@ def route_step_reference(entropy, max_prob, next_ids, state, *, think_end_id=Non
         hard = router_threshold is not None and float(max_prob[b]) < router_threshold
         mode[b] = 0 if hard else 1
     return RouteStep(mode, token, RouteState(phase, low, steps))
+
+
+# --------------------------------------------------------------------------------------------
+# RL log-probabilities (docs/training.md)
+
+def gumbel_logprob_reference(logits, ids, g_prime, tau, temperature=1.0, clamp=(-1.5, 3.0),
+                             hard=None, *, scale=1.0, min_weight=math.exp(-3.0)):
+    """Float64 reference of :func:`softkernels.gumbel_logprob` (same arguments, no validation).
+
+    A plain loop over rows, differentiable w.r.t. ``logits`` and ``g_prime`` by autograd. Invalid
+    rows give NaN or raise (the reference does not validate).
+    """
+    del tau  # does not enter the formula (docs/training.md)
+    V, k = logits.shape[-1], ids.shape[-1]
+    batch = logits.shape[:-1]
+    X = logits.to(torch.float64).reshape(-1, V) / temperature
+    I = ids.to(torch.int64).reshape(-1, k)
+    G = g_prime.to(torch.float64).reshape(-1, k)
+    H = hard.reshape(-1) if hard is not None else None
+    lo, hi = clamp if clamp is not None else (-math.inf, math.inf)
+    log_mw = math.log(min_weight) if min_weight > 0 else -math.inf
+    rows = []
+    for n in range(X.shape[0]):
+        z = X[n]
+        if H is not None and bool(H[n]):
+            rows.append(torch.log_softmax(z, dim=0)[I[n, 0]])
+            continue
+        incl = torch.isfinite(G[n]).nonzero().flatten()        # slots that carried weight
+        zs = z[I[n, incl]]
+        log_p = zs - torch.logsumexp(zs, dim=0)                 # p~ renormalised over them
+        ghat = ((G[n, incl] - log_p) / scale).clamp(lo, hi)      # the recovered Gumbel draw
+        f = -ghat - torch.exp(-ghat)                             # log Gumbel(0, 1) density
+        counted = (log_p > log_mw).nonzero().flatten()          # p~ > min_weight
+        if counted.numel() == 0:
+            counted = torch.argmax(zs.detach()).reshape(1)       # most probable (first) slot
+        rows.append(f[counted].mean())
+    if not rows:
+        return torch.zeros(batch, dtype=torch.float64)
+    return torch.stack(rows).reshape(batch)
+
+
+def gaussian_logprob_reference(x, mean, sigma):
+    """Float64 reference of :func:`softkernels.gaussian_logprob`:
+    -||x - mean||^2 / (2 sigma^2) - (D / 2) log(2 pi sigma^2) over the last dimension."""
+    x64, m64 = x.to(torch.float64), mean.to(torch.float64)
+    D = x.shape[-1]
+    q = ((x64 - m64) ** 2).sum(-1)
+    if isinstance(sigma, torch.Tensor):
+        var = sigma.to(torch.float64) ** 2
+        return -q / (2 * var) - 0.5 * D * torch.log(2 * math.pi * var)
+    var = float(sigma) ** 2
+    return -q / (2 * var) - 0.5 * D * math.log(2 * math.pi * var)

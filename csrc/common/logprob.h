@@ -1,0 +1,173 @@
+// Per-slot and per-row math of the RL log-probability ops (gumbel_logprob, gaussian_logprob),
+// shared by the CPU and the CUDA kernels. The reductions over a row's slots / dimensions are
+// written per backend (serial on the CPU, block- or warp-wide on the GPU); every formula that
+// turns the reduced values into outputs lives here. docs/training.md states the semantics;
+// softkernels/reference.py is the float64 oracle.
+#pragma once
+
+#include <cstdint>
+
+#include "common/macros.h"
+#include "common/math.h"
+
+namespace softkernels {
+
+// Tensors with arbitrary leading ("batch") dimensions are addressed row by row: row n (in
+// row-major order over the batch shape) starts at element offset row_offset(ix, n). This lets the
+// kernels read sliced or expanded inputs (e.g. logits[:, :-1], or a broadcast mean) in place.
+constexpr int kMaxBatchDims = 8;
+
+struct RowIndexer {
+  int ndim;                         // number of batch dimensions (0: a single row)
+  int64_t sizes[kMaxBatchDims];
+  int64_t strides[kMaxBatchDims];   // in elements
+};
+
+SK_HD int64_t row_offset(const RowIndexer& ix, int64_t n) {
+  int64_t off = 0;
+  for (int d = ix.ndim - 1; d >= 0; --d) {
+    const int64_t s = ix.sizes[d];
+    off += (n % s) * ix.strides[d];
+    n /= s;
+  }
+  return off;
+}
+
+// Per-row status bits written by gumbel_logprob; the Python wrapper turns them into ValueErrors
+// when validate=True. A flagged row's log-probability (and saved lse) is NaN, so validate=False
+// never hides it; its gradient is NaN too.
+enum LogprobStatus : int {
+  kLpOk = 0,
+  kLpNonFinite = 1,   // NaN or +inf among the logits the row reads
+  kLpAllMasked = 2,   // every logit the row reads is -inf
+  kLpNoSlot = 4,      // soft row whose g' are all -inf (no slot carried weight)
+  kLpBadNoise = 8,    // NaN or +inf in g'
+  kLpBadId = 16,      // a slot id the row reads is outside [0, V)
+};
+
+// ---------------------------------------------------------------------------------------------
+// gumbel_logprob (SofT-GRPO). For a soft row with slots S = {j : g'_j finite}:
+//   z_j  = logits[id_j] / T,             lse = logsumexp_{j in S} z_j
+//   l_j  = z_j - lse                      (log p~_j: p~ renormalised over S)
+//   u_j  = (g'_j - l_j) / scale,          ghat_j = clamp(u_j, lo, hi)
+//   f_j  = -ghat_j - exp(-ghat_j)         (log-density of a standard Gumbel at ghat_j)
+//   M    = {j in S : l_j > log(min_weight)}, or {argmax_j l_j} when that is empty
+//   log pi = (1 / |M|) sum_{j in M} f_j
+// A hard row's log pi is log softmax(logits / T)[id_0] over the whole vocabulary.
+// Gradient (M and the clamp's active set held fixed, clamp passes where lo <= u <= hi):
+//   a_j = [j in M] (exp(-ghat_j) - 1) [lo <= u_j <= hi] / |M|       (d log pi / d u_j)
+//   d log pi / d z_j  = -(a_j - p~_j sum_i a_i) / scale,   d log pi / d g'_j = a_j / scale
+//   d log pi / d logits[id_j] = (d log pi / d z_j) / T
+
+template <typename T>
+struct GumbelLpParams {
+  T inv_temp;        // 1 / temperature
+  T scale;           // g' = log w + scale * clamp(g): divide to recover g
+  T lo, hi;          // clamp bounds (+-inf when off)
+  T log_min_weight;  // log(min_weight); -inf when min_weight = 0
+};
+
+// One slot's term f and its derivative d f / d u (0 where the clamp is active).
+template <typename T>
+SK_HD T gumbel_slot_term(T g_prime, T l, const GumbelLpParams<T>& p, T& dfdu) {
+  const T u = (g_prime - l) / p.scale;
+  T gh = u;
+  bool inside = true;
+  if (u < p.lo) {
+    gh = p.lo;
+    inside = false;
+  } else if (u > p.hi) {
+    gh = p.hi;
+    inside = false;
+  }
+  const T e = sk_exp(-gh);
+  dfdu = inside ? e - T(1) : T(0);
+  return -gh - e;
+}
+
+// Whether a slot with log p~ = l is "non-negligible" (counted in the mean).
+template <typename T>
+SK_HD bool gumbel_slot_counts(T l, const GumbelLpParams<T>& p) {
+  return l > p.log_min_weight;
+}
+
+// Gradient of log pi w.r.t. z_j given a_j, p~_j = exp(l_j) and sum_i a_i.
+template <typename T>
+SK_HD T gumbel_grad_z(T a, T l, T a_sum, const GumbelLpParams<T>& p) {
+  return -(a - sk_exp(l) * a_sum) / p.scale;
+}
+
+// Slot validity as the kernels see it: excluded (g' = -inf, not read further), or flags.
+template <typename T>
+SK_HD int gumbel_noise_status(T g_prime) {
+  if (sk_isnan(g_prime) || g_prime == sk_inf<T>()) return kLpBadNoise;
+  return kLpOk;
+}
+
+template <typename T>
+SK_HD bool gumbel_slot_included(T g_prime) {
+  return g_prime > -sk_inf<T>() && g_prime < sk_inf<T>();
+}
+
+template <typename T>
+SK_HD int logit_status(T z) {
+  return (sk_isnan(z) || z == sk_inf<T>()) ? kLpNonFinite : kLpOk;
+}
+
+// Online (max, sum exp) pair for the log-sum-exp of a hard row, and its merge.
+template <typename T>
+struct LseState {
+  T m;  // running max (-inf while empty)
+  T s;  // sum exp(z - m)
+};
+
+template <typename T>
+SK_HD LseState<T> lse_empty() {
+  return LseState<T>{-sk_inf<T>(), T(0)};
+}
+
+template <typename T>
+SK_HD void lse_push(LseState<T>& st, T z) {
+  if (z == -sk_inf<T>()) return;
+  if (z > st.m) {
+    st.s = st.s * sk_exp(st.m - z) + T(1);  // exp(-inf) = 0 for the first entry
+    st.m = z;
+  } else {
+    st.s += sk_exp(z - st.m);
+  }
+}
+
+template <typename T>
+SK_HD LseState<T> lse_merge(const LseState<T>& x, const LseState<T>& y) {
+  if (x.s == T(0)) return y;
+  if (y.s == T(0)) return x;
+  const T m = sk_max(x.m, y.m);
+  return LseState<T>{m, x.s * sk_exp(x.m - m) + y.s * sk_exp(y.m - m)};
+}
+
+template <typename T>
+SK_HD T lse_value(const LseState<T>& st) {
+  return st.s == T(0) ? -sk_inf<T>() : st.m + sk_log(st.s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// gaussian_logprob (Soft Tokens, Hard Truths): with q = ||x - mean||^2 over the last dim D,
+//   log N(x; mean, sigma^2 I) = -q / (2 sigma^2) - (D / 2) log(2 pi sigma^2)
+//   d/dx = -(x - mean) / sigma^2,  d/dmean = (x - mean) / sigma^2,
+//   d/dsigma = q / sigma^3 - D / sigma.
+
+// A row whose sigma is not finite and > 0 (only possible with validate=False) yields NaN.
+template <typename T>
+SK_HD bool gaussian_sigma_ok(T sigma) {
+  return sigma > T(0) && sigma < sk_inf<T>();
+}
+
+template <typename T>
+SK_HD T gaussian_logprob_value(T q, T sigma, int64_t D) {
+  if (!gaussian_sigma_ok(sigma)) return sk_nan<T>();
+  const T two_pi = T(6.283185307179586476925286766559);
+  const T var = sigma * sigma;
+  return -q / (T(2) * var) - T(0.5) * static_cast<T>(D) * sk_log(two_pi * var);
+}
+
+}  // namespace softkernels

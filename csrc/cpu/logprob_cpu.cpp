@@ -1,0 +1,445 @@
+// CPU implementation of gumbel_logprob / gaussian_logprob and their backward ops.
+//
+// Rows run in parallel (at::parallel_for); each row is handled by one thread with the formulas of
+// csrc/common/logprob.h. Soft rows of gumbel_logprob read only their k slot logits; hard rows
+// read the whole vocabulary row (vectorised: one max pass, one sum-exp pass). Accumulation is in
+// fp32 for fp32 / bf16 / fp16 inputs and fp64 for fp64 inputs.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cmath>
+#include <type_traits>
+#include <vector>
+
+#include "common/logprob.h"
+#include "cpu/vec_utils.h"
+#include "logprob_host.h"
+
+namespace softkernels::cpu {
+namespace {
+
+template <typename scalar_t>
+using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+// ---------------------------------------------------------------------------------------------
+// Whole-row helpers (hard rows of gumbel_logprob).
+
+// NaN-propagating max of x * inv_temp over a row (+inf and NaN show up in the result).
+template <typename scalar_t>
+acc_t<scalar_t> row_max(const scalar_t* x, int64_t V, acc_t<scalar_t> inv_temp) {
+  using T = acc_t<scalar_t>;
+  T m = -sk_inf<T>();
+  auto fold = [&m](T v) { m = (sk_isnan(v) || sk_isnan(m)) ? sk_nan<T>() : std::max(m, v); };
+  int64_t i = 0;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    constexpr int64_t W = FVec::size();
+    const FVec vinv(inv_temp);
+    FVec vmax(-sk_inf<float>());
+    for (; i + 2 * W <= V; i += 2 * W) {
+      FVec lo, hi;
+      load2(x + i, lo, hi);
+      vmax = at::vec::maximum(vmax, at::vec::maximum(lo * vinv, hi * vinv));
+    }
+    alignas(64) float lanes[W];
+    vmax.store(lanes);
+    for (int64_t l = 0; l < W; ++l) fold(lanes[l]);
+  }
+  for (; i < V; ++i) fold(static_cast<T>(x[i]) * inv_temp);
+  return m;
+}
+
+// sum exp(x * inv_temp - m) over a row, m finite.
+template <typename scalar_t>
+acc_t<scalar_t> row_sum_exp(const scalar_t* x, int64_t V, acc_t<scalar_t> inv_temp,
+                            acc_t<scalar_t> m) {
+  using T = acc_t<scalar_t>;
+  T s = T(0);
+  int64_t i = 0;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    constexpr int64_t W = FVec::size();
+    const FVec vinv(inv_temp), vm(m), vfloor(-1e4f);
+    FVec vs(0.f);
+    for (; i + 2 * W <= V; i += 2 * W) {
+      FVec lo, hi;
+      load2(x + i, lo, hi);
+      // Clamping keeps -inf entries at exp = 0 without -inf arithmetic.
+      vs = vs + at::vec::maximum(lo * vinv - vm, vfloor).exp_u20();
+      vs = vs + at::vec::maximum(hi * vinv - vm, vfloor).exp_u20();
+    }
+    s = hsum(vs);
+  }
+  for (; i < V; ++i) {
+    const T z = static_cast<T>(x[i]) * inv_temp;
+    if (z != -sk_inf<T>()) s += std::exp(z - m);
+  }
+  return s;
+}
+
+// out[v] = -c * exp(x[v] * inv_temp - lse) over a row.
+template <typename scalar_t>
+void row_softmax_grad(const scalar_t* x, int64_t V, acc_t<scalar_t> inv_temp,
+                      acc_t<scalar_t> lse, acc_t<scalar_t> c, scalar_t* out) {
+  using T = acc_t<scalar_t>;
+  int64_t i = 0;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    constexpr int64_t W = FVec::size();
+    const FVec vinv(inv_temp), vl(lse), vfloor(-1e4f), vc(-c);
+    for (; i + 2 * W <= V; i += 2 * W) {
+      FVec lo, hi;
+      load2(x + i, lo, hi);
+      lo = at::vec::maximum(lo * vinv - vl, vfloor).exp_u20() * vc;
+      hi = at::vec::maximum(hi * vinv - vl, vfloor).exp_u20() * vc;
+      store2(out + i, lo, hi);
+    }
+  }
+  for (; i < V; ++i) {
+    const T z = static_cast<T>(x[i]) * inv_temp;
+    out[i] = static_cast<scalar_t>(z == -sk_inf<T>() ? T(0) : -c * std::exp(z - lse));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// gumbel_logprob
+
+// Gathers a soft row's included slots: z_j (NaN marks an excluded slot) and the argmax slot.
+// Returns the status bits of the row.
+template <typename scalar_t, typename T>
+int gather_soft_row(const scalar_t* x, const int64_t* id, const T* gp, int64_t k, int64_t V,
+                    T inv_temp, T* z, int64_t& best) {
+  int status = kLpOk;
+  best = -1;
+  for (int64_t j = 0; j < k; ++j) {
+    z[j] = sk_nan<T>();
+    status |= gumbel_noise_status(gp[j]);
+    if (!gumbel_slot_included(gp[j])) continue;
+    if (id[j] < 0 || id[j] >= V) {
+      status |= kLpBadId;
+      continue;
+    }
+    z[j] = static_cast<T>(x[id[j]]) * inv_temp;
+    status |= logit_status(z[j]);
+    if (best < 0 || z[j] > z[best]) best = j;
+  }
+  if (best < 0 && !(status & kLpBadId)) status |= kLpNoSlot;
+  if (status == kLpOk && z[best] == -sk_inf<T>()) status |= kLpAllMasked;
+  return status;
+}
+
+template <typename scalar_t>
+void gumbel_forward_kernel(const at::Tensor& logits, const at::Tensor& ids,
+                           const at::Tensor& g_prime, const bool* hard, const GumbelLpShape& sh,
+                           const GumbelLpParams<acc_t<scalar_t>>& p, at::Tensor& logprob,
+                           at::Tensor& lse_out, at::Tensor& status_out) {
+  using T = acc_t<scalar_t>;
+  const scalar_t* X = logits.data_ptr<scalar_t>();
+  const int64_t* I = ids.data_ptr<int64_t>();
+  const T* G = g_prime.data_ptr<T>();
+  T* LP = logprob.data_ptr<T>();
+  T* LSE = lse_out.data_ptr<T>();
+  int* ST = status_out.data_ptr<int>();
+  const int64_t N = sh.N, V = sh.V, k = sh.k;
+  const int64_t cost = hard ? V : 8 * k;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cost, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> z(k);
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* x = X + row_offset(sh.logits_rows, n);
+      const int64_t* id = I + n * k;
+      int status = kLpOk;
+      T lp = sk_nan<T>(), lse = sk_nan<T>();
+      if (hard && hard[n]) {
+        const T m = row_max(x, V, p.inv_temp);
+        if (sk_isnan(m) || m == sk_inf<T>()) {
+          status |= kLpNonFinite;
+        } else if (m == -sk_inf<T>()) {
+          status |= kLpAllMasked;
+        }
+        if (id[0] < 0 || id[0] >= V) status |= kLpBadId;
+        if (status == kLpOk) {
+          lse = m + std::log(row_sum_exp(x, V, p.inv_temp, m));
+          lp = static_cast<T>(x[id[0]]) * p.inv_temp - lse;
+        }
+      } else {
+        int64_t best;
+        const T* gp = G + n * k;
+        status = gather_soft_row(x, id, gp, k, V, p.inv_temp, z.data(), best);
+        if (status == kLpOk) {
+          const T m = z[best];
+          T s = T(0);
+          for (int64_t j = 0; j < k; ++j) {
+            if (!sk_isnan(z[j]) && z[j] != -sk_inf<T>()) s += std::exp(z[j] - m);
+          }
+          lse = m + std::log(s);
+          T sum_f = T(0), dfdu;
+          int64_t count = 0;
+          for (int64_t j = 0; j < k; ++j) {
+            if (sk_isnan(z[j])) continue;
+            const T l = z[j] - lse;
+            if (!gumbel_slot_counts(l, p)) continue;
+            sum_f += gumbel_slot_term(gp[j], l, p, dfdu);
+            ++count;
+          }
+          if (count == 0) {
+            sum_f = gumbel_slot_term(gp[best], z[best] - lse, p, dfdu);
+            count = 1;
+          }
+          lp = sum_f / static_cast<T>(count);
+        }
+      }
+      LP[n] = lp;
+      LSE[n] = lse;
+      ST[n] = status;
+    }
+  });
+}
+
+template <typename scalar_t>
+void gumbel_backward_kernel(const at::Tensor& grad, const at::Tensor& logits,
+                            const at::Tensor& ids, const at::Tensor& g_prime, const bool* hard,
+                            const at::Tensor& lse_in, const GumbelLpShape& sh,
+                            const GumbelLpParams<acc_t<scalar_t>>& p, at::Tensor& grad_logits,
+                            at::Tensor* grad_g) {
+  using T = acc_t<scalar_t>;
+  const scalar_t* X = logits.data_ptr<scalar_t>();
+  const int64_t* I = ids.data_ptr<int64_t>();
+  const T* G = g_prime.data_ptr<T>();
+  const T* GR = grad.data_ptr<T>();
+  const T* LSE = lse_in.data_ptr<T>();
+  scalar_t* GL = grad_logits.data_ptr<scalar_t>();
+  T* GG = grad_g ? grad_g->data_ptr<T>() : nullptr;
+  const int64_t N = sh.N, V = sh.V, k = sh.k;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> z(k), a(k);
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* x = X + row_offset(sh.logits_rows, n);
+      const int64_t* id = I + n * k;
+      const T* gp = G + n * k;
+      scalar_t* gl = GL + n * V;
+      T* gg = GG ? GG + n * k : nullptr;
+      const T g = GR[n], lse = LSE[n];
+      const bool is_hard = hard && hard[n];
+      int64_t best = -1;
+      bool bad = sk_isnan(lse);
+      if (!bad && !is_hard) bad = gather_soft_row(x, id, gp, k, V, p.inv_temp, z.data(), best) != kLpOk;
+      if (!bad && is_hard) bad = id[0] < 0 || id[0] >= V;
+      if (bad) {
+        // A row the forward flagged: NaN gradients (never an out-of-bounds read).
+        std::fill(gl, gl + V, static_cast<scalar_t>(sk_nan<T>()));
+        if (gg) std::fill(gg, gg + k, sk_nan<T>());
+        continue;
+      }
+      if (is_hard) {
+        const T c = g * p.inv_temp;
+        row_softmax_grad(x, V, p.inv_temp, lse, c, gl);
+        const T z0 = static_cast<T>(x[id[0]]) * p.inv_temp;
+        gl[id[0]] = static_cast<scalar_t>(c * (T(1) - std::exp(z0 - lse)));
+        if (gg) std::fill(gg, gg + k, T(0));
+        continue;
+      }
+      std::fill(gl, gl + V, static_cast<scalar_t>(0));
+      int64_t count = 0;
+      for (int64_t j = 0; j < k; ++j) {
+        a[j] = T(0);
+        if (!sk_isnan(z[j]) && gumbel_slot_counts(z[j] - lse, p)) ++count;
+      }
+      T dfdu;
+      if (count == 0) {
+        gumbel_slot_term(gp[best], z[best] - lse, p, dfdu);
+        a[best] = g * dfdu;
+      } else {
+        const T inv_count = T(1) / static_cast<T>(count);
+        for (int64_t j = 0; j < k; ++j) {
+          if (sk_isnan(z[j])) continue;
+          const T l = z[j] - lse;
+          if (!gumbel_slot_counts(l, p)) continue;
+          gumbel_slot_term(gp[j], l, p, dfdu);
+          a[j] = g * dfdu * inv_count;
+        }
+      }
+      T a_sum = T(0);
+      for (int64_t j = 0; j < k; ++j) a_sum += a[j];
+      for (int64_t j = 0; j < k; ++j) {
+        if (gg) gg[j] = a[j] / p.scale;
+        if (sk_isnan(z[j])) continue;
+        const T gz = gumbel_grad_z(a[j], z[j] - lse, a_sum, p) * p.inv_temp;
+        // A repeated id accumulates (soft_embed never repeats ids within a row).
+        gl[id[j]] = static_cast<scalar_t>(static_cast<T>(gl[id[j]]) + gz);
+      }
+    }
+  });
+}
+
+GumbelLpOutputs gumbel_logprob_cpu(const at::Tensor& logits, const at::Tensor& ids_in,
+                                   const at::Tensor& g_prime_in, const LpOptTensor& hard_in,
+                                   double temperature, double scale, double clamp_lo,
+                                   double clamp_hi, double min_weight) {
+  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
+  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
+  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
+  GumbelLpOutputs outs = gumbel_lp_allocate(logits);
+  auto& [logprob, lse, status] = outs;
+  if (sh.N == 0) return outs;
+  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "gumbel_logprob", [&] {
+    const auto p = gumbel_lp_params<acc_t<scalar_t>>(temperature, scale, clamp_lo, clamp_hi,
+                                                     min_weight);
+    gumbel_forward_kernel<scalar_t>(logits, ids, g_prime, hard_p, sh, p, logprob, lse, status);
+  });
+  return outs;
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& logits, const at::Tensor& ids_in,
+    const at::Tensor& g_prime_in, const LpOptTensor& hard_in, const at::Tensor& lse_in,
+    double temperature, double scale, double clamp_lo, double clamp_hi, double min_weight,
+    bool g_prime_grad) {
+  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous(), lse = lse_in.contiguous();
+  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
+  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
+  gumbel_lp_backward_check(grad, logits, lse);
+  at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
+  at::Tensor grad_g = g_prime_grad ? at::empty(g_prime.sizes(), g_prime.options())
+                                   : at::empty({0}, g_prime.options());
+  if (sh.N == 0) return {grad_logits, grad_g};
+  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "gumbel_logprob_backward", [&] {
+    const auto p = gumbel_lp_params<acc_t<scalar_t>>(temperature, scale, clamp_lo, clamp_hi,
+                                                     min_weight);
+    gumbel_backward_kernel<scalar_t>(grad, logits, ids, g_prime, hard_p, lse, sh, p, grad_logits,
+                                     g_prime_grad ? &grad_g : nullptr);
+  });
+  return {grad_logits, grad_g};
+}
+
+// ---------------------------------------------------------------------------------------------
+// gaussian_logprob
+
+template <typename scalar_t>
+acc_t<scalar_t> row_sq_dist(const scalar_t* x, const scalar_t* m, int64_t D) {
+  using T = acc_t<scalar_t>;
+  T q = T(0);
+  int64_t i = 0;
+  if constexpr (!std::is_same_v<scalar_t, double>) {
+    constexpr int64_t W = FVec::size();
+    FVec v0(0.f), v1(0.f);
+    for (; i + 2 * W <= D; i += 2 * W) {
+      FVec xl, xh, ml, mh;
+      load2(x + i, xl, xh);
+      load2(m + i, ml, mh);
+      const FVec dl = xl - ml, dh = xh - mh;
+      v0 = at::vec::fmadd(dl, dl, v0);
+      v1 = at::vec::fmadd(dh, dh, v1);
+    }
+    q = hsum(v0 + v1);
+  }
+  for (; i < D; ++i) {
+    const T d = static_cast<T>(x[i]) - static_cast<T>(m[i]);
+    q += d * d;
+  }
+  return q;
+}
+
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cpu(const at::Tensor& x,
+                                                        const at::Tensor& mean,
+                                                        const LpOptTensor& sigma_in,
+                                                        double sigma) {
+  const LpOptTensor sigma_rows =
+      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
+  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
+  auto outs = gaussian_lp_allocate(x);
+  auto& [logprob, sqdist] = outs;
+  if (sh.N == 0) return outs;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
+                                  "gaussian_logprob", [&] {
+    using T = acc_t<scalar_t>;
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* M = mean.data_ptr<scalar_t>();
+    const T* S = sigma_rows ? sigma_rows->data_ptr<T>() : nullptr;
+    T* LP = logprob.data_ptr<T>();
+    T* Q = sqdist.data_ptr<T>();
+    const int64_t D = sh.D;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+    at::parallel_for(0, sh.N, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const T q = row_sq_dist(X + row_offset(sh.x_rows, n), M + row_offset(sh.mean_rows, n), D);
+        const T s = S ? S[n] : static_cast<T>(sigma);
+        Q[n] = q;
+        LP[n] = gaussian_logprob_value(q, s, D);
+      }
+    });
+  });
+  return outs;
+}
+
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cpu(
+    const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& mean,
+    const LpOptTensor& sigma_in, double sigma, bool x_grad, bool mean_grad) {
+  const LpOptTensor sigma_rows =
+      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
+  const at::Tensor grad = grad_in.contiguous();
+  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
+  gaussian_lp_backward_check(grad, x);
+  at::Tensor gx = x_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor gm = mean_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  if (sh.N == 0 || (!x_grad && !mean_grad)) return {gx, gm};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
+                                  "gaussian_logprob_backward", [&] {
+    using T = acc_t<scalar_t>;
+    const scalar_t* X = x.data_ptr<scalar_t>();
+    const scalar_t* M = mean.data_ptr<scalar_t>();
+    const T* S = sigma_rows ? sigma_rows->data_ptr<T>() : nullptr;
+    const T* GR = grad.data_ptr<T>();
+    scalar_t* GX = x_grad ? gx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* GM = mean_grad ? gm.data_ptr<scalar_t>() : nullptr;
+    const int64_t D = sh.D;
+    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
+    at::parallel_for(0, sh.N, grain, [&](int64_t begin, int64_t end) {
+      for (int64_t n = begin; n < end; ++n) {
+        const scalar_t* xr = X + row_offset(sh.x_rows, n);
+        const scalar_t* mr = M + row_offset(sh.mean_rows, n);
+        const T s = S ? S[n] : static_cast<T>(sigma);
+        // d/dx = c (x - mean), d/dmean = -c (x - mean); NaN for a bad sigma.
+        const T c = gaussian_sigma_ok(s) ? -GR[n] / (s * s) : sk_nan<T>();
+        scalar_t* gxr = GX ? GX + n * D : nullptr;
+        scalar_t* gmr = GM ? GM + n * D : nullptr;
+        int64_t i = 0;
+        if constexpr (!std::is_same_v<scalar_t, double>) {
+          constexpr int64_t W = FVec::size();
+          const FVec vc(c), vnc(-c);
+          for (; i + 2 * W <= D; i += 2 * W) {
+            FVec xl, xh, ml, mh;
+            load2(xr + i, xl, xh);
+            load2(mr + i, ml, mh);
+            const FVec dl = xl - ml, dh = xh - mh;
+            if (gxr) store2(gxr + i, dl * vc, dh * vc);
+            if (gmr) store2(gmr + i, dl * vnc, dh * vnc);
+          }
+        }
+        for (; i < D; ++i) {
+          const T d = static_cast<T>(xr[i]) - static_cast<T>(mr[i]);
+          if (gxr) gxr[i] = static_cast<scalar_t>(c * d);
+          if (gmr) gmr[i] = static_cast<scalar_t>(-c * d);
+        }
+      }
+    });
+  });
+  return {gx, gm};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(softkernels, CPU, m) {
+  m.impl("gumbel_logprob", &gumbel_logprob_cpu);
+  m.impl("gumbel_logprob_backward", &gumbel_logprob_backward_cpu);
+  m.impl("gaussian_logprob", &gaussian_logprob_cpu);
+  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward_cpu);
+}
+
+}  // namespace softkernels::cpu
