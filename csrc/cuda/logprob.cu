@@ -1,0 +1,508 @@
+// CUDA implementation of gumbel_logprob / gaussian_logprob and their backward ops.
+//
+// gumbel_logprob: one 256-thread block per row. A soft row's threads own its k slots (at most 4
+// each, k <= 1024): they gather the k slot logits, then block reductions give the log-sum-exp over
+// the included slots, the count and the sum of the per-slot terms (csrc/common/logprob.h). A hard
+// row's threads stride over the vocabulary with an online (max, sum-exp) state, merged across the
+// block. The backward writes the dense gradient row: softmax for hard rows; zeros plus the k slot
+// gradients for soft rows (a repeated id is summed by its first slot, so no atomics and the result
+// is deterministic).
+// gaussian_logprob: one warp per row, lanes stride over D, fp32 (fp64) accumulation.
+// Every reduction combines partial results in a fixed order: outputs are bitwise reproducible.
+#include <ATen/Dispatch.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <climits>
+#include <type_traits>
+
+#include "common/logprob.h"
+#include "logprob_host.h"
+
+namespace softkernels::cuda {
+namespace {
+
+template <typename scalar_t>
+using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
+
+constexpr int kBlock = 256;
+constexpr int kWarps = kBlock / 32;
+constexpr int kSlotsPerThread = (kMaxK + kBlock - 1) / kBlock;
+constexpr int64_t kMaxGrid = int64_t(1) << 20;
+constexpr unsigned kFull = 0xffffffffu;
+
+// ---------------------------------------------------------------------------------------------
+// Block reductions. Every thread of the block must call them (they synchronise) and every thread
+// receives the result. Warp partials are combined in warp order.
+
+template <typename T>
+__device__ __forceinline__ T warp_sum(T v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(kFull, v, o);
+  return v;
+}
+
+template <typename T>
+__device__ T block_sum(T v, T* scratch) {
+  v = warp_sum(v);
+  __syncthreads();  // the previous reduction's readers are done with scratch
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  T r = scratch[0];
+  for (int w = 1; w < kWarps; ++w) r += scratch[w];
+  return r;
+}
+
+__device__ int block_or(int v, int* scratch) {
+  for (int o = 16; o > 0; o >>= 1) v |= __shfl_xor_sync(kFull, v, o);
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
+  __syncthreads();
+  int r = scratch[0];
+  for (int w = 1; w < kWarps; ++w) r |= scratch[w];
+  return r;
+}
+
+// Best (largest z, then lowest slot index) of the block's candidates.
+template <typename T>
+struct SlotBest {
+  T z;
+  int j;  // INT_MAX: none
+};
+
+template <typename T>
+__device__ __forceinline__ SlotBest<T> slot_better(const SlotBest<T>& a, const SlotBest<T>& b) {
+  return (a.z > b.z || (a.z == b.z && a.j < b.j)) ? a : b;
+}
+
+template <typename T>
+__device__ SlotBest<T> block_best(SlotBest<T> v, T* scratch_z, int* scratch_j) {
+  for (int o = 16; o > 0; o >>= 1) {
+    SlotBest<T> other{__shfl_xor_sync(kFull, v.z, o), __shfl_xor_sync(kFull, v.j, o)};
+    v = slot_better(v, other);
+  }
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) {
+    scratch_z[threadIdx.x >> 5] = v.z;
+    scratch_j[threadIdx.x >> 5] = v.j;
+  }
+  __syncthreads();
+  SlotBest<T> r{scratch_z[0], scratch_j[0]};
+  for (int w = 1; w < kWarps; ++w) r = slot_better(r, SlotBest<T>{scratch_z[w], scratch_j[w]});
+  return r;
+}
+
+template <typename T>
+__device__ LseState<T> block_lse(LseState<T> v, T* scratch_m, T* scratch_s) {
+  for (int o = 16; o > 0; o >>= 1) {
+    LseState<T> other{__shfl_xor_sync(kFull, v.m, o), __shfl_xor_sync(kFull, v.s, o)};
+    v = lse_merge(v, other);
+  }
+  __syncthreads();
+  if ((threadIdx.x & 31) == 0) {
+    scratch_m[threadIdx.x >> 5] = v.m;
+    scratch_s[threadIdx.x >> 5] = v.s;
+  }
+  __syncthreads();
+  LseState<T> r{scratch_m[0], scratch_s[0]};
+  for (int w = 1; w < kWarps; ++w) r = lse_merge(r, LseState<T>{scratch_m[w], scratch_s[w]});
+  return r;
+}
+
+template <typename T>
+struct Scratch {
+  T a[kWarps];
+  T b[kWarps];
+  int i[kWarps];
+};
+
+// ---------------------------------------------------------------------------------------------
+// gumbel_logprob
+
+// Gathers this thread's slots of a soft row (z = NaN marks an excluded slot) and reduces the
+// row's status and best slot over the block. Mirrors gather_soft_row of the CPU kernel.
+template <typename scalar_t, typename T>
+__device__ int gather_soft_slots(const scalar_t* x, const int64_t* id, const T* gp, int64_t k,
+                                 int64_t V, T inv_temp, T (&z)[kSlotsPerThread],
+                                 SlotBest<T>& best, Scratch<T>& sc) {
+  int status = kLpOk;
+  SlotBest<T> mine{-sk_inf<T>(), INT_MAX};
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+    z[r] = sk_nan<T>();
+    if (j >= k) continue;
+    const T g = gp[j];
+    status |= gumbel_noise_status(g);
+    if (!gumbel_slot_included(g)) continue;
+    if (id[j] < 0 || id[j] >= V) {
+      status |= kLpBadId;
+      continue;
+    }
+    z[r] = static_cast<T>(x[id[j]]) * inv_temp;
+    status |= logit_status(z[r]);
+    if (!sk_isnan(z[r])) mine = slot_better(mine, SlotBest<T>{z[r], static_cast<int>(j)});
+  }
+  status = block_or(status, sc.i);
+  best = block_best(mine, sc.a, sc.i);
+  if (best.j == INT_MAX && !(status & kLpBadId)) status |= kLpNoSlot;
+  if (status == kLpOk && best.z == -sk_inf<T>()) status |= kLpAllMasked;
+  return status;
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    gumbel_forward_kernel(const scalar_t* __restrict__ X, RowIndexer ix,
+                          const int64_t* __restrict__ I, const acc_t<scalar_t>* __restrict__ G,
+                          const bool* __restrict__ hard, int64_t N, int64_t V, int64_t k,
+                          GumbelLpParams<acc_t<scalar_t>> p, acc_t<scalar_t>* __restrict__ LP,
+                          acc_t<scalar_t>* __restrict__ LSE, int* __restrict__ ST) {
+  using T = acc_t<scalar_t>;
+  __shared__ Scratch<T> sc;
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const scalar_t* x = X + row_offset(ix, n);
+    const int64_t* id = I + n * k;
+    int status = kLpOk;
+    T lp = sk_nan<T>(), lse = sk_nan<T>();
+    if (hard != nullptr && hard[n]) {
+      LseState<T> st = lse_empty<T>();
+      for (int64_t v = threadIdx.x; v < V; v += kBlock) {
+        const T z = static_cast<T>(x[v]) * p.inv_temp;
+        const int bad = logit_status(z);
+        status |= bad;
+        if (!bad) lse_push(st, z);
+      }
+      status = block_or(status, sc.i);
+      st = block_lse(st, sc.a, sc.b);
+      if (id[0] < 0 || id[0] >= V) status |= kLpBadId;
+      if (status == kLpOk && st.s == T(0)) status |= kLpAllMasked;
+      if (status == kLpOk) {
+        lse = lse_value(st);
+        lp = static_cast<T>(x[id[0]]) * p.inv_temp - lse;
+      }
+    } else {
+      const T* gp = G + n * k;
+      T z[kSlotsPerThread];
+      SlotBest<T> best;
+      status = gather_soft_slots(x, id, gp, k, V, p.inv_temp, z, best, sc);
+      if (status == kLpOk) {
+        const T m = best.z;
+        T s = T(0);
+#pragma unroll
+        for (int r = 0; r < kSlotsPerThread; ++r) {
+          if (!sk_isnan(z[r]) && z[r] != -sk_inf<T>()) s += sk_exp(z[r] - m);
+        }
+        s = block_sum(s, sc.a);
+        lse = m + sk_log(s);
+        T sum_f = T(0), dfdu;
+        int count = 0;
+#pragma unroll
+        for (int r = 0; r < kSlotsPerThread; ++r) {
+          if (sk_isnan(z[r])) continue;
+          const T l = z[r] - lse;
+          if (!gumbel_slot_counts(l, p)) continue;
+          sum_f += gumbel_slot_term(gp[threadIdx.x + r * kBlock], l, p, dfdu);
+          ++count;
+        }
+        sum_f = block_sum(sum_f, sc.a);
+        count = block_sum(count, sc.i);
+        if (count == 0) {
+          sum_f = gumbel_slot_term(gp[best.j], best.z - lse, p, dfdu);
+          count = 1;
+        }
+        lp = sum_f / static_cast<T>(count);
+      }
+    }
+    if (threadIdx.x == 0) {
+      LP[n] = lp;
+      LSE[n] = lse;
+      ST[n] = status;
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    gumbel_backward_kernel(const acc_t<scalar_t>* __restrict__ GR, const scalar_t* __restrict__ X,
+                           RowIndexer ix, const int64_t* __restrict__ I,
+                           const acc_t<scalar_t>* __restrict__ G, const bool* __restrict__ hard,
+                           const acc_t<scalar_t>* __restrict__ LSE, int64_t N, int64_t V,
+                           int64_t k, GumbelLpParams<acc_t<scalar_t>> p,
+                           scalar_t* __restrict__ GL, acc_t<scalar_t>* __restrict__ GG) {
+  using T = acc_t<scalar_t>;
+  __shared__ Scratch<T> sc;
+  __shared__ int64_t s_id[kMaxK];
+  __shared__ T s_gz[kMaxK];
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const scalar_t* x = X + row_offset(ix, n);
+    const int64_t* id = I + n * k;
+    const T* gp = G + n * k;
+    scalar_t* gl = GL + n * V;
+    T* gg = GG != nullptr ? GG + n * k : nullptr;
+    const T g = GR[n], lse = LSE[n];
+    const bool is_hard = hard != nullptr && hard[n];
+    bool bad = sk_isnan(lse);
+    T z[kSlotsPerThread];
+    SlotBest<T> best{-sk_inf<T>(), INT_MAX};
+    if (!bad && is_hard) bad = id[0] < 0 || id[0] >= V;
+    if (!bad && !is_hard) {
+      bad = gather_soft_slots(x, id, gp, k, V, p.inv_temp, z, best, sc) != kLpOk;
+    }
+    if (bad) {
+      // A row the forward flagged: NaN gradients (never an out-of-bounds read).
+      for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(sk_nan<T>());
+      if (gg != nullptr) {
+        for (int64_t j = threadIdx.x; j < k; j += kBlock) gg[j] = sk_nan<T>();
+      }
+      continue;
+    }
+    if (is_hard) {
+      const T c = g * p.inv_temp;
+      const int64_t id0 = id[0];
+      for (int64_t v = threadIdx.x; v < V; v += kBlock) {
+        const T e = sk_exp(static_cast<T>(x[v]) * p.inv_temp - lse);
+        gl[v] = static_cast<scalar_t>(c * ((v == id0 ? T(1) : T(0)) - e));
+      }
+      if (gg != nullptr) {
+        for (int64_t j = threadIdx.x; j < k; j += kBlock) gg[j] = T(0);
+      }
+      continue;
+    }
+    for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(0);
+    int count = 0;
+#pragma unroll
+    for (int r = 0; r < kSlotsPerThread; ++r) {
+      if (!sk_isnan(z[r]) && gumbel_slot_counts(z[r] - lse, p)) ++count;
+    }
+    count = block_sum(count, sc.i);
+    T a[kSlotsPerThread];
+    T a_sum = T(0), dfdu;
+#pragma unroll
+    for (int r = 0; r < kSlotsPerThread; ++r) {
+      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+      a[r] = T(0);
+      if (sk_isnan(z[r])) continue;
+      const T l = z[r] - lse;
+      if (count == 0) {
+        if (j != best.j) continue;
+        gumbel_slot_term(gp[j], l, p, dfdu);
+        a[r] = g * dfdu;
+      } else {
+        if (!gumbel_slot_counts(l, p)) continue;
+        gumbel_slot_term(gp[j], l, p, dfdu);
+        a[r] = g * dfdu / static_cast<T>(count);
+      }
+      a_sum += a[r];
+    }
+    a_sum = block_sum(a_sum, sc.a);
+#pragma unroll
+    for (int r = 0; r < kSlotsPerThread; ++r) {
+      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+      if (j >= k) continue;
+      if (gg != nullptr) gg[j] = a[r] / p.scale;
+      const bool incl = !sk_isnan(z[r]);
+      s_id[j] = incl ? id[j] : int64_t(-1);
+      s_gz[j] = incl ? gumbel_grad_z(a[r], z[r] - lse, a_sum, p) * p.inv_temp : T(0);
+    }
+    __syncthreads();  // the zero fill and the slot arrays are complete
+#pragma unroll
+    for (int r = 0; r < kSlotsPerThread; ++r) {
+      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+      if (j >= k || s_id[j] < 0) continue;
+      const int64_t t = s_id[j];
+      bool first = true;
+      for (int64_t i = 0; i < j && first; ++i) first = s_id[i] != t;
+      if (!first) continue;
+      T sum = s_gz[j];
+      for (int64_t i = j + 1; i < k; ++i) {
+        if (s_id[i] == t) sum += s_gz[i];
+      }
+      gl[t] = static_cast<scalar_t>(sum);
+    }
+    __syncthreads();  // s_id / s_gz are reused by the next row
+  }
+}
+
+int64_t grid_for(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, kMaxGrid)); }
+
+GumbelLpOutputs gumbel_logprob_cuda(const at::Tensor& logits, const at::Tensor& ids_in,
+                                   const at::Tensor& g_prime_in, const LpOptTensor& hard_in,
+                                    double temperature, double scale, double clamp_lo,
+                                    double clamp_hi, double min_weight) {
+  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
+  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
+  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
+  GumbelLpOutputs outs = gumbel_lp_allocate(logits);
+  auto& [logprob, lse, status] = outs;
+  if (sh.N == 0) return outs;
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "gumbel_logprob_cuda", [&] {
+    using T = acc_t<scalar_t>;
+    const auto p = gumbel_lp_params<T>(temperature, scale, clamp_lo, clamp_hi, min_weight);
+    gumbel_forward_kernel<scalar_t><<<grid_for(sh.N), kBlock, 0, stream>>>(
+        logits.data_ptr<scalar_t>(), sh.logits_rows, ids.data_ptr<int64_t>(),
+        g_prime.data_ptr<T>(), hard_p, sh.N, sh.V, sh.k, p, logprob.data_ptr<T>(),
+        lse.data_ptr<T>(), status.data_ptr<int>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return outs;
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& logits, const at::Tensor& ids_in,
+    const at::Tensor& g_prime_in, const LpOptTensor& hard_in, const at::Tensor& lse_in,
+    double temperature, double scale, double clamp_lo, double clamp_hi, double min_weight,
+    bool g_prime_grad) {
+  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
+  const at::Tensor grad = grad_in.contiguous(), lse = lse_in.contiguous();
+  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
+  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
+  gumbel_lp_backward_check(grad, logits, lse);
+  at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
+  at::Tensor grad_g = g_prime_grad ? at::empty(g_prime.sizes(), g_prime.options())
+                                   : at::empty({0}, g_prime.options());
+  if (sh.N == 0) return {grad_logits, grad_g};
+  const c10::cuda::CUDAGuard guard(logits.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "gumbel_logprob_backward_cuda", [&] {
+    using T = acc_t<scalar_t>;
+    const auto p = gumbel_lp_params<T>(temperature, scale, clamp_lo, clamp_hi, min_weight);
+    gumbel_backward_kernel<scalar_t><<<grid_for(sh.N), kBlock, 0, stream>>>(
+        grad.data_ptr<T>(), logits.data_ptr<scalar_t>(), sh.logits_rows,
+        ids.data_ptr<int64_t>(), g_prime.data_ptr<T>(), hard_p, lse.data_ptr<T>(), sh.N, sh.V,
+        sh.k, p, grad_logits.data_ptr<scalar_t>(), g_prime_grad ? grad_g.data_ptr<T>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {grad_logits, grad_g};
+}
+
+// ---------------------------------------------------------------------------------------------
+// gaussian_logprob: one warp per row.
+
+constexpr int kRowsPerBlock = kBlock / 32;
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    gaussian_forward_kernel(const scalar_t* __restrict__ X, RowIndexer xi,
+                            const scalar_t* __restrict__ M, RowIndexer mi,
+                            const acc_t<scalar_t>* __restrict__ S, acc_t<scalar_t> sigma,
+                            int64_t N, int64_t D, acc_t<scalar_t>* __restrict__ LP,
+                            acc_t<scalar_t>* __restrict__ Q) {
+  using T = acc_t<scalar_t>;
+  const int lane = threadIdx.x & 31;
+  for (int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); n < N;
+       n += int64_t(gridDim.x) * kRowsPerBlock) {
+    const scalar_t* x = X + row_offset(xi, n);
+    const scalar_t* m = M + row_offset(mi, n);
+    T q = T(0);
+    for (int64_t d = lane; d < D; d += 32) {
+      const T diff = static_cast<T>(x[d]) - static_cast<T>(m[d]);
+      q += diff * diff;
+    }
+    q = warp_sum(q);
+    if (lane == 0) {
+      const T s = S != nullptr ? S[n] : sigma;
+      Q[n] = q;
+      LP[n] = gaussian_logprob_value(q, s, D);
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    gaussian_backward_kernel(const acc_t<scalar_t>* __restrict__ GR,
+                             const scalar_t* __restrict__ X, RowIndexer xi,
+                             const scalar_t* __restrict__ M, RowIndexer mi,
+                             const acc_t<scalar_t>* __restrict__ S, acc_t<scalar_t> sigma,
+                             int64_t N, int64_t D, scalar_t* __restrict__ GX,
+                             scalar_t* __restrict__ GM) {
+  using T = acc_t<scalar_t>;
+  const int lane = threadIdx.x & 31;
+  for (int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); n < N;
+       n += int64_t(gridDim.x) * kRowsPerBlock) {
+    const scalar_t* x = X + row_offset(xi, n);
+    const scalar_t* m = M + row_offset(mi, n);
+    const T s = S != nullptr ? S[n] : sigma;
+    // d/dx = c (x - mean), d/dmean = -c (x - mean); NaN for a bad sigma.
+    const T c = gaussian_sigma_ok(s) ? -GR[n] / (s * s) : sk_nan<T>();
+    for (int64_t d = lane; d < D; d += 32) {
+      const T diff = static_cast<T>(x[d]) - static_cast<T>(m[d]);
+      if (GX != nullptr) GX[n * D + d] = static_cast<scalar_t>(c * diff);
+      if (GM != nullptr) GM[n * D + d] = static_cast<scalar_t>(-c * diff);
+    }
+  }
+}
+
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cuda(const at::Tensor& x,
+                                                         const at::Tensor& mean,
+                                                         const LpOptTensor& sigma_in,
+                                                         double sigma) {
+  const LpOptTensor sigma_rows =
+      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
+  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
+  auto outs = gaussian_lp_allocate(x);
+  auto& [logprob, sqdist] = outs;
+  if (sh.N == 0) return outs;
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t grid = grid_for((sh.N + kRowsPerBlock - 1) / kRowsPerBlock);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
+                                  "gaussian_logprob_cuda", [&] {
+    using T = acc_t<scalar_t>;
+    gaussian_forward_kernel<scalar_t><<<grid, kBlock, 0, stream>>>(
+        x.data_ptr<scalar_t>(), sh.x_rows, mean.data_ptr<scalar_t>(), sh.mean_rows,
+        sigma_rows ? sigma_rows->data_ptr<T>() : nullptr, static_cast<T>(sigma), sh.N, sh.D,
+        logprob.data_ptr<T>(), sqdist.data_ptr<T>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return outs;
+}
+
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cuda(
+    const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& mean,
+    const LpOptTensor& sigma_in, double sigma, bool x_grad, bool mean_grad) {
+  const LpOptTensor sigma_rows =
+      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
+  const at::Tensor grad = grad_in.contiguous();
+  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
+  gaussian_lp_backward_check(grad, x);
+  at::Tensor gx = x_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  at::Tensor gm = mean_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  if (sh.N == 0 || (!x_grad && !mean_grad)) return {gx, gm};
+  const c10::cuda::CUDAGuard guard(x.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int64_t grid = grid_for((sh.N + kRowsPerBlock - 1) / kRowsPerBlock);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
+                                  "gaussian_logprob_backward_cuda", [&] {
+    using T = acc_t<scalar_t>;
+    gaussian_backward_kernel<scalar_t><<<grid, kBlock, 0, stream>>>(
+        grad.data_ptr<T>(), x.data_ptr<scalar_t>(), sh.x_rows, mean.data_ptr<scalar_t>(),
+        sh.mean_rows, sigma_rows ? sigma_rows->data_ptr<T>() : nullptr, static_cast<T>(sigma),
+        sh.N, sh.D, x_grad ? gx.data_ptr<scalar_t>() : nullptr,
+        mean_grad ? gm.data_ptr<scalar_t>() : nullptr);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return {gx, gm};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(softkernels, CUDA, m) {
+  m.impl("gumbel_logprob", &gumbel_logprob_cuda);
+  m.impl("gumbel_logprob_backward", &gumbel_logprob_backward_cuda);
+  m.impl("gaussian_logprob", &gaussian_logprob_cuda);
+  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward_cuda);
+}
+
+}  // namespace softkernels::cuda
