@@ -49,7 +49,7 @@ def check_float(fn: str, name: str, value, *, lo: float, hi: float, lo_open: boo
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{fn}: {name} must be a number, got {type(value).__name__} {value!r}")
     v = float(value)
-    ok = not math.isnan(v) and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
+    ok = not v != v and (v > lo if lo_open else v >= lo) and (v < hi if hi_open else v <= hi)
     if not ok:
         raise ValueError(f"{fn}: {name} must be in {_interval(lo, hi, lo_open, hi_open)}, got {value}")
     return v
