@@ -53,9 +53,25 @@ SK_DEV double key_value(uint64_t k) {
       (k & 0x8000000000000000ull) ? (k & 0x7FFFFFFFFFFFFFFFull) : ~k));
 }
 
-// exp for the per-element softmax statistics (terms <= 1; ~2 ulp is far inside fp32 tolerance).
-SK_DEV float stats_exp(float t) { return exp2f(t * 1.4426950408889634f); }
-SK_DEV double stats_exp(double t) { return ::exp(t); }
+// 2^x for the per-element softmax statistics: the SFU instruction for float (relative error
+// ~2^-22, results below 2^-126 flushed to 0: terms that small do not move an fp32 sum); exact
+// libm for double.
+SK_DEV float stats_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+SK_DEV double stats_exp2(double x) { return ::exp2(x); }
+template <typename T>
+SK_DEV T log2e() { return static_cast<T>(1.4426950408889634073599246810019); }
+template <typename T>
+SK_DEV T ln2() { return static_cast<T>(0.69314718055994530941723212145818); }
+SK_DEV float fmax_(float a, float b) { return fmaxf(a, b); }
+SK_DEV double fmax_(double a, double b) { return fmax(a, b); }
+SK_DEV float fmin_(float a, float b) { return fminf(a, b); }
+SK_DEV double fmin_(double a, double b) { return fmin(a, b); }
+SK_DEV float fma_(float a, float b, float c) { return fmaf(a, b, c); }
+SK_DEV double fma_(double a, double b, double c) { return fma(a, b, c); }
 
 template <typename T>
 SK_DEV T mul_rn(T a, T b);

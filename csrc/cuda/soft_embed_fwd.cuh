@@ -77,7 +77,8 @@ SK_DEV SmemViews<T> smem_views(unsigned char* base, const FwdSmem& L) {
 }
 
 // misc[] slots (FwdSmem::misc)
-constexpr int kMiscLast = 0, kMiscRadix = 1, kMiscFlag = 4, kMiscNnz = 5, kMiscWsum = 8;
+constexpr int kMiscLast = 0, kMiscRadix = 1, kMiscFlag = 4, kMiscNnz = 5, kMiscCnt = 6,
+              kMiscWsum = 8;
 
 SK_DEV float fma_acc(float a, float b, float c) { return fmaf(a, b, c); }
 SK_DEV double fma_acc(double a, double b, double c) { return fma(a, b, c); }
@@ -115,24 +116,15 @@ SK_DEV void dispatch_emb(int tag, F&& f) {
   }
 }
 
-// ---------------------------------------------------------------------------------------------
-// Phase 1: one slice of one row.
+// Loads this thread's kEPT logits of the slice, scaled: z = x * inv_temp exactly as on the CPU.
+// Element (j, e) of the thread is slice position (j * kThreads + tid) * VEC + e; positions
+// outside the slice read as -inf. Misaligned rows (views) load element by element in the same
+// order: same values.
 template <typename scalar_t, typename T>
-SK_DEV void scan_slice(const FwdArgs& a, int64_t b, int s, int Ls, T inv_temp, int Ps,
-                       const SmemViews<T>& sm) {
-  using KeyT = key_t<T>;
+SK_DEV void load_slice(const scalar_t* xs, bool vec_ok, int Ls, T inv_temp, T (&z)[kEPT]) {
   constexpr int VEC = Vec<scalar_t>::N;
   constexpr int CPT = kEPT / VEC;
   const int tid = threadIdx.x;
-  const int64_t lo = static_cast<int64_t>(s) * a.L;
-  const scalar_t* xs = static_cast<const scalar_t*>(a.logits) + b * a.logits_stride + lo;
-  // Misaligned rows (views) load element by element in the same order: same results.
-  const bool vec_ok = aligned16(xs);
-  const int64_t part = b * a.S + s;
-  const int32_t id0 = static_cast<int32_t>(lo);
-
-  // Element (j, e) of this thread is slice position (j * kThreads + tid) * VEC + e.
-  T z[kEPT];
   if (vec_ok && Ls == kSlice) {  // full, aligned slice: all loads issued back to back
     uint4 raw[CPT];
 #pragma unroll
@@ -165,15 +157,57 @@ SK_DEV void scan_slice(const FwdArgs& a, int64_t b, int s, int Ls, T inv_temp, i
     }
   }
 #pragma unroll
-  for (int i = 0; i < kEPT; ++i) z[i] = mul_rn<T>(z[i], inv_temp);  // z exactly as on the CPU
+  for (int i = 0; i < kEPT; ++i) z[i] = mul_rn<T>(z[i], inv_temp);
+}
 
+// ---------------------------------------------------------------------------------------------
+// Phase 1: one slice of one row.
+template <typename scalar_t, typename T>
+SK_DEV void scan_slice(const FwdArgs& a, int64_t b, int s, int Ls, T inv_temp, int Ps,
+                       unsigned char* smem) {
+  const SmemViews<T> sm = smem_views<T>(smem, fwd_smem_layout(a.pool, a.k, sizeof(T), a.stage_cap));
+  using KeyT = key_t<T>;
+  constexpr int VEC = Vec<scalar_t>::N;
+  constexpr int CPT = kEPT / VEC;
+  const int tid = threadIdx.x;
+  const int64_t lo = static_cast<int64_t>(s) * a.L;
+  const scalar_t* xs = static_cast<const scalar_t*>(a.logits) + b * a.logits_stride + lo;
+  const bool vec_ok = aligned16(xs);
+  const int64_t part = b * a.S + s;
+  const int32_t id0 = static_cast<int32_t>(lo);
+
+  T z[kEPT];
+  load_slice<scalar_t, T>(xs, vec_ok, Ls, inv_temp, z);
+
+  const int lane = tid & 31, warp = tid >> 5;
   PartialStats<T>* pst = static_cast<PartialStats<T>*>(a.ws_stats) + part;
-  bool bad = false;
+  int* misc = sm.misc;
+  if (tid == 0) misc[kMiscCnt] = 0;
+
+  // Softmax statistics around the warp's max: per element one FFMA and one EX2 (log2 units), so
+  // the warp's partial sums add without rescaling. NaN and +inf surface as a NaN sum (fmax
+  // ignores NaN, +inf - +inf = NaN); a warp holding nothing but -inf / NaN checks explicitly.
   T mx = -sk_inf<T>();
 #pragma unroll
-  for (int i = 0; i < kEPT; ++i) {
-    bad = bad || !(z[i] == z[i]) || z[i] == sk_inf<T>();
-    mx = z[i] > mx ? z[i] : mx;
+  for (int i = 0; i < kEPT; ++i) mx = fmax_(mx, z[i]);
+  T mw = mx;
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) mw = fmax_(mw, __shfl_xor_sync(0xFFFFFFFFu, mw, off));
+  T sum = T(0), ent = T(0);  // ent in log2 units
+  bool bad = false;
+  if (mw != -sk_inf<T>()) {  // warp-uniform
+    const T base = mw * log2e<T>();
+#pragma unroll
+    for (int i = 0; i < kEPT; ++i) {
+      const T t2 = fma_(z[i], log2e<T>(), -base);
+      const T e = stats_exp2(t2);
+      sum += e;
+      ent = fma_(e, fmax_(t2, T(-1e4)), ent);  // -inf entries: e = 0, clamped t keeps 0 * t = 0
+    }
+    bad = !(sum == sum);
+  } else {
+#pragma unroll
+    for (int i = 0; i < kEPT; ++i) bad = bad || !(z[i] == z[i]);
   }
   if (__syncthreads_or(bad ? 1 : 0)) {
     if (tid == 0) {
@@ -184,27 +218,54 @@ SK_DEV void scan_slice(const FwdArgs& a, int64_t b, int s, int Ls, T inv_temp, i
     }
     return;
   }
-
-  // Softmax statistics: per thread around its own max, then a fixed-order tree.
-  RowStats<T> st = stats_empty<T>();
-  if (mx != -sk_inf<T>()) {
-    T sum = T(0), ent = T(0);
 #pragma unroll
-    for (int i = 0; i < kEPT; ++i) {
-      // Clamping keeps -inf entries at e = 0 and e * t = 0 (as the CPU kernel does).
-      const T t = sk_max(z[i] - mx, T(-1e4));
-      const T e = stats_exp(t);
-      sum += e;
-      ent = fma_acc(e, t, ent);
-    }
-    st = RowStats<T>{mx, sum, ent};
+  for (int off = 16; off > 0; off >>= 1) {  // fixed tree: deterministic
+    sum += __shfl_down_sync(0xFFFFFFFFu, sum, off);
+    ent += __shfl_down_sync(0xFFFFFFFFu, ent, off);
   }
-  st = block_reduce_stats(st, sm.red);
-  if (tid == 0) {
-    pst->m = st.m;
-    pst->s = st.s;
-    pst->a = st.a;
-    pst->flag = 0;
+  if (lane == 0) {
+    sm.red[warp] = mw == -sk_inf<T>() ? stats_empty<T>() : RowStats<T>{mw, sum, ent * ln2<T>()};
+  }
+
+  // Prefilter (slices where every thread holds elements, Ps <= 256): in each warp, m_w = the q-th
+  // largest of its 32 per-thread maxima, q = ceil(Ps / kWarps) (bitonic sort across the lanes);
+  // t0 = min_w m_w. Every warp holds q maxima >= t0, so at least kWarps * q >= Ps elements are
+  // >= t0, and the slice's Ps best all are. Typically ~Ps elements pass; they are ranked
+  // directly. Ties at t0 all pass, so the exact tie rule is applied by the ranking.
+  T* wthr = reinterpret_cast<T*>(sm.hist);  // the radix histogram is not in use yet
+  const bool prefilter = Ls >= kThreads * VEC && Ps <= kWarps * 32;  // uniform
+  if (prefilter) {
+    T v = mx;
+#pragma unroll
+    for (int kk = 2; kk <= 32; kk <<= 1) {
+#pragma unroll
+      for (int jj = kk >> 1; jj > 0; jj >>= 1) {
+        const T o = __shfl_xor_sync(0xFFFFFFFFu, v, jj);
+        v = (((lane & jj) == 0) == ((lane & kk) == 0)) ? fmax_(v, o) : fmin_(v, o);
+      }
+    }
+    const int q = (Ps + kWarps - 1) / kWarps;
+    const T mq = __shfl_sync(0xFFFFFFFFu, v, q - 1);  // lanes hold the maxima in descending order
+    if (lane == 0) wthr[warp] = mq;
+  }
+  __syncthreads();
+
+  // Slice statistics: warp 0 merges the warps' states in a fixed tree.
+  if (warp == 0) {
+    RowStats<T> st = lane < kWarps ? sm.red[lane] : stats_empty<T>();
+#pragma unroll
+    for (int off = 4; off > 0; off >>= 1) {
+      const RowStats<T> o{__shfl_down_sync(0xFFFFFFFFu, st.m, off),
+                          __shfl_down_sync(0xFFFFFFFFu, st.s, off),
+                          __shfl_down_sync(0xFFFFFFFFu, st.a, off)};
+      st = stats_merge(st, o);
+    }
+    if (lane == 0) {
+      pst->m = st.m;
+      pst->s = st.s;
+      pst->a = st.a;
+      pst->flag = 0;
+    }
   }
 
   T* out_z = static_cast<T*>(a.ws_z) + part * a.pool;
@@ -213,84 +274,55 @@ SK_DEV void scan_slice(const FwdArgs& a, int64_t b, int s, int Ls, T inv_temp, i
     out_z[r] = zz;
     out_id[r] = ii;
   };
-  int* wsum = sm.misc + kMiscWsum;
 
-  // From here on only the order keys are kept (z = key_value(key) exactly): key 0 marks a
-  // position outside the slice (the keys of non-NaN values are > 0).
-  KeyT kz[kEPT];
+  if (prefilter) {
+    T t0 = wthr[0];
 #pragma unroll
-  for (int j = 0; j < CPT; ++j) {
-#pragma unroll
-    for (int e = 0; e < VEC; ++e) {
-      const int c = (j * kThreads + tid) * VEC + e;
-      kz[j * VEC + e] = c < Ls ? order_key(z[j * VEC + e]) : static_cast<KeyT>(0);
-    }
-  }
-
-  // Prefilter (full slices, Ps <= 256): in each warp, m_w = the q-th largest of its 32 per-thread
-  // maxima, q = ceil(Ps / kWarps); t0 = min_w m_w. Every warp holds q maxima >= t0, so at least
-  // kWarps * q >= Ps elements are >= t0, and the slice's Ps best all are. Typically ~Ps elements
-  // pass; they are ranked directly.
-  constexpr int KBITS = 8 * static_cast<int>(sizeof(KeyT));
-  if (Ls >= kThreads * VEC && Ps <= kWarps * 32) {  // uniform; every thread holds elements
-    KeyT tmax = 0;
-#pragma unroll
-    for (int i = 0; i < kEPT; ++i) tmax = kz[i] > tmax ? kz[i] : tmax;
-    const int q = (Ps + kWarps - 1) / kWarps;
-    KeyT mw = 0;
-    for (int bit = KBITS - 1; bit >= 0; --bit) {
-      const KeyT cand = mw | (static_cast<KeyT>(1) << bit);
-      if (__popc(__ballot_sync(0xFFFFFFFFu, tmax >= cand)) >= q) mw = cand;
-    }
-    KeyT* wmin = reinterpret_cast<KeyT*>(sm.red);
-    if ((tid & 31) == 0) wmin[tid >> 5] = mw;
-    __syncthreads();
-    KeyT t0 = wmin[0];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) t0 = wmin[w] < t0 ? wmin[w] : t0;
-    if (t0 == 0) t0 = 1;  // never admit positions outside the slice (cannot happen here)
-    int cnt = 0;
-#pragma unroll
-    for (int i = 0; i < kEPT; ++i) cnt += kz[i] >= t0 ? 1 : 0;
-    int C = 0;
-    const int base = block_exclusive_scan(cnt, wsum, C);  // its barriers also retire wmin
-    if (C <= kCapA) {  // uniform
-      int n = base;
+    for (int w = 1; w < kWarps; ++w) t0 = fmin_(t0, wthr[w]);
+    __syncthreads();  // every thread has read wthr before the radix path reuses its memory
+    if (t0 != -sk_inf<T>()) {  // uniform; with t0 = -inf positions outside the slice would pass
 #pragma unroll
       for (int j = 0; j < CPT; ++j) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) {
-          if (kz[j * VEC + e] >= t0) {
-            sm.cz[n] = key_value(kz[j * VEC + e]);
-            sm.cid[n] = id0 + (j * kThreads + tid) * VEC + e;
-            ++n;
+          if (z[j * VEC + e] >= t0) {
+            const int p = atomicAdd(misc + kMiscCnt, 1);
+            if (p < kCapA) {
+              sm.cz[p] = z[j * VEC + e];
+              sm.cid[p] = id0 + (j * kThreads + tid) * VEC + e;
+            }
           }
         }
       }
       __syncthreads();
-      sort_take(sm.cz, sm.cid, C, Ps, sm.cap_c, store);
-      return;
+      const int C = misc[kMiscCnt];
+      if (C <= kCapA) {  // uniform; the order of arrival does not matter: ranks are unique
+        sort_take(sm.cz, sm.cid, C, Ps, sm.cap_c, store);
+        return;
+      }
     }
   }
 
-  // Exact path: radix select of the Ps best among the slice's elements.
+  // Exact path: radix select of the Ps best among the slice's elements. (Rare for full slices:
+  // the logits are read again rather than kept live in registers across the ranking above.)
+  load_slice<scalar_t, T>(xs, vec_ok, Ls, inv_temp, z);
   auto for_items = [&](auto&& fn) {
 #pragma unroll
     for (int j = 0; j < CPT; ++j) {
 #pragma unroll
       for (int e = 0; e < VEC; ++e) {
-        const KeyT kk = kz[j * VEC + e];
-        fn(kk, id0 + (j * kThreads + tid) * VEC + e, kk != 0);
+        const int c = (j * kThreads + tid) * VEC + e;
+        fn(order_key(z[j * VEC + e]), id0 + c, c < Ls);
       }
     }
   };
-  const RadixSel<KeyT> r = radix_select<T>(Ps, for_items, sm.hist, sm.misc + kMiscRadix);
+  const RadixSel<KeyT> r = radix_select<T>(Ps, for_items, sm.hist, misc + kMiscRadix);
   int cnt = 0;
   for_items([&](KeyT kk, int32_t ii, bool act) {
     if (act && radix_selected(r, kk, inv_id(ii))) ++cnt;
   });
   int C = 0;
-  int n = block_exclusive_scan(cnt, wsum, C);
+  int n = block_exclusive_scan(cnt, misc + kMiscWsum, C);
   for_items([&](KeyT kk, int32_t ii, bool act) {
     if (act && radix_selected(r, kk, inv_id(ii)) && n < sm.cap_c) {
       sm.cz[n] = key_value(kk);
@@ -336,32 +368,79 @@ SK_DEV void merge_pool(const FwdArgs& a, int64_t b, int P_row, const SmemViews<T
     }
     __syncthreads();
   }
+  auto item = [&](int g, T& zz, int32_t& ii) {
+    if (staged) {
+      zz = sm.stz[g];
+      ii = sm.stid[g];
+    } else {
+      const int64_t o = gidx(g);
+      zz = __ldcg(wz + o);
+      ii = __ldcg(wi + o);
+    }
+  };
+  auto to_pool = [&](int rr, T zz, int32_t ii) { sm.pool[rr] = Candidate<T>{zz, ii}; };
+  int* misc = sm.misc;
+
+  // Threshold: every full list (P_row entries) holds P_row tokens >= its last entry, so the row's
+  // P_row best are all >= T = the largest of those last entries. Typically ~P_row entries pass;
+  // they are ranked directly (ties at T all pass; the ranking applies the tie rule).
+  T tl = -sk_inf<T>();
+  for (int s = tid; s < S; s += kThreads) {
+    const bool full = s < S - 1 || nl == P_row;
+    if (full) {
+      T zz;
+      int32_t ii;
+      item(s * nf + P_row - 1, zz, ii);
+      tl = fmax_(tl, zz);
+    }
+  }
+#pragma unroll
+  for (int off = 16; off > 0; off >>= 1) tl = fmax_(tl, __shfl_xor_sync(0xFFFFFFFFu, tl, off));
+  T* wthr = reinterpret_cast<T*>(sm.hist);
+  if ((tid & 31) == 0) wthr[tid >> 5] = tl;
+  if (tid == 0) misc[kMiscCnt] = 0;
+  __syncthreads();
+  T thr = wthr[0];
+#pragma unroll
+  for (int w = 1; w < kWarps; ++w) thr = fmax_(thr, wthr[w]);
+  __syncthreads();  // wthr (the histogram's memory) is free again
+  for (int g = tid; g < N; g += kThreads) {
+    T zz;
+    int32_t ii;
+    item(g, zz, ii);
+    if (zz >= thr) {
+      const int p = atomicAdd(misc + kMiscCnt, 1);
+      if (p < kCapA) {
+        sm.gz[p] = zz;
+        sm.gid[p] = ii;
+      }
+    }
+  }
+  __syncthreads();
+  const int C0 = misc[kMiscCnt];
+  if (C0 <= kCapA) {  // uniform
+    sort_take(sm.gz, sm.gid, C0, P_row, sm.cap_g, to_pool);
+    return;
+  }
+
+  // Exact path (heavy ties): radix select of the P_row best.
   auto for_items = [&](auto&& fn) {
     for (int base = 0; base < N; base += kThreads) {
       const int g = base + tid;
       const bool act = g < N;
       T zz = -sk_inf<T>();
       int32_t ii = 0;
-      if (act) {
-        if (staged) {
-          zz = sm.stz[g];
-          ii = sm.stid[g];
-        } else {
-          const int64_t o = gidx(g);
-          zz = __ldcg(wz + o);
-          ii = __ldcg(wi + o);
-        }
-      }
+      if (act) item(g, zz, ii);
       fn(order_key(zz), ii, act);
     }
   };
-  const RadixSel<KeyT> r = radix_select<T>(P_row, for_items, sm.hist, sm.misc + kMiscRadix);
+  const RadixSel<KeyT> r = radix_select<T>(P_row, for_items, sm.hist, misc + kMiscRadix);
   int cnt = 0;
   for_items([&](KeyT kk, int32_t ii, bool act) {
     if (act && radix_selected(r, kk, inv_id(ii))) ++cnt;
   });
   int C = 0;
-  int n = block_exclusive_scan(cnt, sm.misc + kMiscWsum, C);
+  int n = block_exclusive_scan(cnt, misc + kMiscWsum, C);
   for_items([&](KeyT kk, int32_t ii, bool act) {
     if (act && radix_selected(r, kk, inv_id(ii)) && n < sm.cap_g) {
       sm.gz[n] = key_value(kk);
@@ -370,8 +449,7 @@ SK_DEV void merge_pool(const FwdArgs& a, int64_t b, int P_row, const SmemViews<T
     }
   });
   __syncthreads();
-  sort_take(sm.gz, sm.gid, C < sm.cap_g ? C : sm.cap_g, P_row, sm.cap_g,
-            [&](int rr, T zz, int32_t ii) { sm.pool[rr] = Candidate<T>{zz, ii}; });
+  sort_take(sm.gz, sm.gid, C < sm.cap_g ? C : sm.cap_g, P_row, sm.cap_g, to_pool);
 }
 
 // embeds[b] = sum_j w_j E[id_j] (+ sigma N(0, I)), fp32 accumulation (fp64 for fp64 tables), in
@@ -487,7 +565,8 @@ SK_DEV void fill_nan_row(const FwdArgs& a, int64_t b) {
 
 template <typename T>
 SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool params_ok,
-                     int P_row, const SmemViews<T>& sm) {
+                     int P_row, unsigned char* smem) {
+  const SmemViews<T> sm = smem_views<T>(smem, fwd_smem_layout(a.pool, a.k, sizeof(T), a.stage_cap));
   const int tid = threadIdx.x;
   const int S = a.S, k = a.k;
   const bool gumbel = a.np.kind == kNoiseGumbel;
@@ -594,8 +673,6 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_embed_fwd_kernel(const FwdArgs a) {
   using T = acc_t<scalar_t>;
   extern __shared__ __align__(16) unsigned char sk_smem[];
-  const FwdSmem L = fwd_smem_layout(a.pool, a.k, static_cast<int>(sizeof(T)), a.stage_cap);
-  const SmemViews<T> sm = smem_views<T>(sk_smem, L);
   const int64_t b = static_cast<int64_t>(blockIdx.x) / a.S;
   const int s = static_cast<int>(static_cast<int64_t>(blockIdx.x) % a.S);
 
@@ -613,24 +690,25 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
     const int64_t lo = static_cast<int64_t>(s) * a.L;
     const int Ls = static_cast<int>(a.V - lo < a.L ? a.V - lo : a.L);
     const int Ps = P_row < Ls ? P_row : Ls;
-    scan_slice<scalar_t, T>(a, b, s, Ls, rp.inv_temp, Ps, sm);
+    scan_slice<scalar_t, T>(a, b, s, Ls, rp.inv_temp, Ps, sk_smem);
   }
 
   if (a.S > 1) {
     // Publish this slice, take a ticket; the row's last block runs the epilogue.
+    __shared__ int last_flag;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
       const unsigned prev = atomicAdd(a.counters + b, 1u);
-      sm.misc[kMiscLast] = prev == static_cast<unsigned>(a.S - 1) ? 1 : 0;
+      last_flag = prev == static_cast<unsigned>(a.S - 1) ? 1 : 0;
     }
     __syncthreads();
-    if (sm.misc[kMiscLast] == 0) return;
+    if (last_flag == 0) return;
     __threadfence();
   } else {
     __syncthreads();
   }
-  epilogue<T>(a, b, rp, params_ok, P_row, sm);
+  epilogue<T>(a, b, rp, params_ok, P_row, sk_smem);
 }
 
 template <typename scalar_t>

@@ -103,7 +103,7 @@ SK_HD FwdSmem fwd_smem_layout(int P, int k, int tsize, int stage_cap) {
   // epilogue
   L.stz = u;
   L.stid = L.stz + sk_align16(stage_cap * tsize);
-  L.cap_g = sk_next_pow2(P);
+  L.cap_g = L.cap_c;  // the merge prefilter gathers up to kCapA candidates too
   L.gz = L.stid + sk_align16(stage_cap * 4);
   L.gid = L.gz + sk_align16(L.cap_g * tsize);
   L.pool = L.gid + sk_align16(L.cap_g * 4);
