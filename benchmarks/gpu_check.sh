@@ -151,7 +151,8 @@ if (( BUILD_OK )) && [[ "${SK_SKIP_TESTS:-0}" != 1 ]]; then
   log "--- tests (pytest -k cuda, timeout ${lim}s)"
   extra=()
   if "$PY" -c "import pytest_timeout" >/dev/null 2>&1; then extra+=(--timeout=120); fi
-  timeout -k 10 "$lim" "$PY" -m pytest -q -k cuda -rfE -p no:cacheprovider ${extra[@]+"${extra[@]}"} tests \
+  timeout -k 10 "$lim" "$PY" -m pytest -q -k cuda -rfE --durations=15 -p no:cacheprovider \
+    ${extra[@]+"${extra[@]}"} tests \
     >"$OUT/tests.log" 2>&1
   rc=$?
   TESTS_SUMMARY=$(grep -E "^(=+ )?[0-9]+ (passed|failed|error|skipped|deselected)|passed|failed" "$OUT/tests.log" | tail -1)
@@ -182,7 +183,7 @@ run_sanitizer() {
     RES[$tool]="${errs:-?} errors (lines naming our kernels: $ours; script finished: $done_ok; rc $rc)"
   fi
   if [[ "${errs:-1}" != 0 ]]; then
-    SAN_DETAILS+=$'\n'"--- first $tool reports:"$'\n'"$(grep -E "^=========" "$OUT/sanitize.log.tmp" | grep -vE "ERROR SUMMARY|COMPUTE-SANITIZER" | head -12)"
+    SAN_DETAILS+=$'\n'"--- first $tool reports:"$'\n'"$(grep -E "^=========" "$OUT/sanitize.log.tmp" | grep -vE "ERROR SUMMARY|COMPUTE-SANITIZER" | cut -c1-200 | head -8)"
   fi
   rm -f "$OUT/sanitize.log.tmp"
   log "$tool: ${RES[$tool]}"
@@ -236,11 +237,11 @@ fi
     nf=$(grep -cE "^(FAILED|ERROR) " "$OUT/tests.log")
     if (( nf > 0 )); then
       echo "--- failing tests ($nf), first ones:"
-      grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | cut -c1-300 | head -15
+      grep -E "^(FAILED|ERROR) " "$OUT/tests.log" | cut -c1-220 | head -12
     fi
   fi
   [[ -n "$SAN_DETAILS" ]] && echo "$SAN_DETAILS"
-  if [[ -f "$OUT/bench.log" ]]; then echo "--- bench_soft_embed.py (last lines)"; tail -25 "$OUT/bench.log"; fi
+  if [[ -f "$OUT/bench.log" ]]; then echo "--- bench_soft_embed.py (last lines)"; tail -20 "$OUT/bench.log" | cut -c1-200; fi
   echo "--- quick bench"
   grep "^quick_bench:" "$LOG" | cut -c14-
   echo
