@@ -78,7 +78,7 @@ SK_DEV SmemViews<T> smem_views(unsigned char* base, const FwdSmem& L) {
 
 // misc[] slots (FwdSmem::misc)
 constexpr int kMiscLast = 0, kMiscRadix = 1, kMiscFlag = 4, kMiscNnz = 5, kMiscCnt = 6,
-              kMiscWsum = 8;
+              kMiscN0 = 7, kMiscWsum = 8;
 
 SK_DEV float fma_acc(float a, float b, float c) { return fmaf(a, b, c); }
 SK_DEV double fma_acc(double a, double b, double c) { return fma(a, b, c); }
@@ -597,6 +597,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
       flag = kStatusBadHardId;
     }
     misc[kMiscFlag] = flag;
+    misc[kMiscN0] = 0;
     sm.red[0] = st_part;
   }
   __syncthreads();
@@ -634,6 +635,15 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
     merge_pool<T>(a, b, P_row, sm);
   }
   __syncthreads();
+  if (!is_hard) {  // uniform: step 1 of finish_row (one exp per pool entry) in parallel
+    for (int i = tid; i < P_row; i += kThreads) {
+      const T e = finish_row_e(sm.pool, i);
+      sm.e[i] = e;
+      sm.taken[i] = 0;
+      if (e > T(0)) atomicMax(misc + kMiscN0, i + 1);
+    }
+    __syncthreads();
+  }
 
   // The per-row epilogue shared with the CPU kernel (sequential, on one thread).
   if (tid == 0) {
@@ -643,7 +653,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
     if (is_hard) {
       finish_hard_row(sm.pool, P_row, k, hard_id, gumbel, sm.oid, sm.ow, sm.on);
     } else {
-      RowScratch<T> sc{sm.e, sm.key, sm.order, sm.taken};
+      const RowScratch<T> sc{sm.e, sm.key, sm.order, sm.taken, true, misc[kMiscN0]};
       finish_row(sm.pool, P_row, k, a.V, st, rp, a.np, sc, sm.oid, sm.ow, sm.on);
       for (int j = 0; j < k; ++j) {
         if (sm.ow[j] != T(0)) sm.nz[nnz++] = j;  // the CPU kernel skips exactly the zero weights
@@ -714,7 +724,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
 template <typename scalar_t>
 void launch_soft_embed_fwd(const FwdArgs& a, int smem_bytes, cudaStream_t stream) {
   auto kernel = soft_embed_fwd_kernel<scalar_t>;
-  if (smem_bytes > 48 * 1024) {
+  if (smem_bytes > kSmemDefault) {  // beyond the default limit (which counts static smem too)
     const cudaError_t err =
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes);
     if (err != cudaSuccess) throw_cuda_error(err, "cudaFuncSetAttribute(soft_embed_fwd)");

@@ -29,6 +29,9 @@ constexpr int kWarps = kThreads / 32;
 constexpr int kCapA = 512;
 // Candidates of all slices of a row staged in shared memory for the merge (else read from L2).
 constexpr int kStageMax = 2048;
+// Dynamic shared memory above this asks for the opt-in limit (48 KB minus room for the kernel's
+// few bytes of static shared memory).
+constexpr int kSmemDefault = 47 * 1024;
 
 struct FwdArgs {
   const void* logits;
