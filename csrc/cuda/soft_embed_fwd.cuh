@@ -1,16 +1,17 @@
 // CUDA forward of soft_embed: one launch, grid = B rows x S fixed slices of 8192 logits.
 //
-// Every block scans its slice once (16-byte loads, logits kept in registers): NaN / +inf check,
-// the slice's online-softmax statistics (max, sum-exp, entropy term) and its exact top-P candidates
-// (P = the row's pool size), written to a workspace. Candidate selection: a threshold from the
-// per-thread maxima (the P-th largest of them bounds the slice's P-th largest value from below)
-// leaves ~P survivors, which are ranked directly; heavy ties or large pools fall back to an exact
-// radix select. The last block of a row to finish (atomic ticket) merges the slices' statistics in
-// slice order and their candidate lists with a radix select, sorts the pool, runs the shared
-// per-row epilogue (csrc/common/filters.h: filters, Dirichlet / Gumbel noise) on one thread, then
-// the whole block mixes the k embedding rows with 16-byte loads and fp32 accumulation, adds the
-// Gaussian noise and writes the outputs. Rows never interact, and a row's work split depends on
-// V only: results are bitwise independent of the batch and of block scheduling.
+// Every block scans its slice once (16-byte loads, logits kept in registers): the slice's
+// online-softmax statistics (max, sum-exp, entropy term; NaN / +inf detection) and its exact top-P
+// candidates (P = the row's pool size), written to a workspace. Candidates: a threshold from the
+// per-thread maxima (min over warps of the q-th largest maximum) that at least P logits reach
+// leaves ~P survivors, ranked directly; heavy ties, masked rows and large pools take an exact radix
+// select. The last block of a row to finish (atomic ticket) merges the slices' statistics in a
+// fixed tree and their lists (threshold from the lists' last entries, then ranking; radix select
+// on heavy ties), runs the shared per-row epilogue (csrc/common/filters.h: filters, Dirichlet /
+// Gumbel noise) on one thread, then the whole block mixes the k embedding rows with 16-byte loads
+// and fp32 accumulation, adds the Gaussian noise and writes the outputs. Rows never interact, and
+// a row's work split depends on V only: results are bitwise independent of the batch and of block
+// scheduling. docs/cuda.md has the details.
 #pragma once
 
 #include <cstdint>
