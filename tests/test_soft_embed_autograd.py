@@ -109,3 +109,20 @@ def test_torch_compile_fullgraph():
     step(logits, emb).backward()
     torch.testing.assert_close(loss, step(logits, emb))
     torch.testing.assert_close(logits.grad, g1)
+
+
+def test_grads_of_row_strided_logits(device):
+    # logits whose rows are not packed (a view with row stride 2V) reach the kernel as they are;
+    # their gradient must land in the right rows of the (packed) grad_logits.
+    B, V, D = 6, 400, 8
+    wide = torch.randn(2 * B, V, dtype=torch.float64, device=device)
+    strided = wide[::2].detach().requires_grad_()
+    packed = wide[::2].contiguous().requires_grad_()
+    emb = torch.randn(V, D, dtype=torch.float64, device=device)
+    kw = dict(k=5, top_k=20, temperature=0.7, noise=sk.Gumbel(tau=0.7), seed=3)
+    a = sk.soft_embed(strided, emb, **kw)
+    b = sk.soft_embed(packed, emb, **kw)
+    g = torch.randn_like(a.embeds)
+    (ga,) = torch.autograd.grad((a.embeds * g).sum() + a.weights[:, 0].sum(), (strided,))
+    (gb,) = torch.autograd.grad((b.embeds * g).sum() + b.weights[:, 0].sum(), (packed,))
+    torch.testing.assert_close(ga, gb, rtol=1e-12, atol=1e-12)

@@ -124,7 +124,17 @@ struct RowScratch {
   T* key;          // sort keys (Dirichlet log-gamma draws, Gumbel g')
   int* order;      // pool indices of the chosen slots, in output order
   uint8_t* taken;  // 1 where a pool entry already fills a slot
+  // Set by callers that filled e[i] = finish_row_e(pool, i), taken[i] = 0 and n0 (1 + the last i
+  // with e[i] > 0) themselves, e.g. in parallel on a GPU; finish_row then skips step 1.
+  bool e_ready = false;
+  int n0 = 0;
 };
+
+// Step 1 of finish_row for one pool entry: its probability up to the common factor 1 / sum.
+template <typename T>
+SK_HD T finish_row_e(const Candidate<T>* pool, int i) {
+  return sk_exp(pool[i].z - pool[0].z);
+}
 
 // Computes the k output slots of a soft (non-hard) row.
 //   pool[0..pool_n): the row's best candidates, sorted by `better`; pool_n >= k.
@@ -136,11 +146,14 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
                       RowScratch<T> sc, int64_t* out_ids, T* out_w, T* out_noise) {
   const T m = pool[0].z;
   // 1. Probabilities up to the common factor 1 / sum: e_0 = 1 is the row's max.
-  int n0 = 0;
-  for (int i = 0; i < pool_n; ++i) {
-    sc.e[i] = sk_exp(pool[i].z - m);
-    sc.taken[i] = 0;
-    if (sc.e[i] > T(0)) n0 = i + 1;
+  int n0 = sc.n0;
+  if (!sc.e_ready) {
+    n0 = 0;
+    for (int i = 0; i < pool_n; ++i) {
+      sc.e[i] = finish_row_e(pool, i);
+      sc.taken[i] = 0;
+      if (sc.e[i] > T(0)) n0 = i + 1;
+    }
   }
   // 2. top_k.
   const bool top_k_on = rp.top_k > 0 && rp.top_k < V;

@@ -345,6 +345,7 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
   using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const int64_t B = logits.size(0), k = ids.size(1), D = embedding.size(1);
   const int64_t ls = logits.stride(0), es = embedding.stride(0);
+  const int64_t gls = grad_logits.stride(0);  // grad_logits is contiguous; logits may not be
   const scalar_t* X = logits.data_ptr<scalar_t>();
   const emb_t* E = embedding.data_ptr<emb_t>();
   const int64_t* I = ids.data_ptr<int64_t>();
@@ -380,7 +381,7 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
           wc += w[j] * c[j];
         }
         const T wscale = n ? T(1) / static_cast<T>(tau) : T(1);
-        scalar_t* gl = GL + b * ls;
+        scalar_t* gl = GL + b * gls;
         for (int64_t j = 0; j < k; ++j) {
           if (!in_set(j)) continue;
           const T dz = wscale * w[j] * (c[j] - wc);

@@ -1,0 +1,73 @@
+// CUDA implementation of softkernels::route_step: csrc/common/route.h, one thread per row.
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include <cstdint>
+
+#include "common/route.h"
+#include "cuda/soft_embed_fwd.h"
+#include "route_host.h"
+
+namespace softkernels::cuda {
+namespace {
+
+template <typename T>
+__global__ void route_kernel(const T* entropy, const T* max_prob, const int64_t* next_ids,
+                             const int8_t* phase, const int32_t* low_count,
+                             const int32_t* think_steps, RouteConfig cfg, int64_t B, int8_t* mode,
+                             int64_t* token, int8_t* phase_out, int32_t* low_out,
+                             int32_t* steps_out) {
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i >= B) return;
+  RouteState s{phase[i], low_count[i], think_steps[i]};
+  int64_t tok = 0;
+  mode[i] = route_row<T>(s, entropy[i], max_prob[i], next_ids[i], cfg, tok);
+  token[i] = tok;
+  phase_out[i] = s.phase;
+  low_out[i] = s.low_count;
+  steps_out[i] = s.think_steps;
+}
+
+RouteOutputs route_step_cuda(const at::Tensor& entropy, const at::Tensor& max_prob,
+                             const at::Tensor& next_ids, const at::Tensor& phase,
+                             const at::Tensor& low_count, const at::Tensor& think_steps,
+                             int64_t think_end_id, double cold_stop_entropy,
+                             int64_t cold_stop_patience, double router_threshold,
+                             int64_t max_think_tokens) {
+  check_route_inputs(entropy, max_prob, next_ids, phase, low_count, think_steps);
+  TORCH_CHECK(entropy.is_cuda(), "softkernels.route_step: tensors must be on a CUDA device");
+  const c10::cuda::CUDAGuard guard(entropy.device());
+  RouteOutputs outs = allocate_route_outputs(phase);
+  auto& [mode, token, phase_out, low_out, steps_out] = outs;
+  const int64_t B = phase.numel();
+  if (B == 0) return outs;
+  const RouteConfig cfg{think_end_id, cold_stop_entropy, cold_stop_patience, router_threshold,
+                        max_think_tokens};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  constexpr int kT = 256;
+  const dim3 grid(static_cast<unsigned>((B + kT - 1) / kT));
+  if (entropy.scalar_type() == at::kDouble) {
+    route_kernel<double><<<grid, kT, 0, stream>>>(
+        entropy.data_ptr<double>(), max_prob.data_ptr<double>(), next_ids.data_ptr<int64_t>(),
+        phase.data_ptr<int8_t>(), low_count.data_ptr<int32_t>(), think_steps.data_ptr<int32_t>(),
+        cfg, B, mode.data_ptr<int8_t>(), token.data_ptr<int64_t>(), phase_out.data_ptr<int8_t>(),
+        low_out.data_ptr<int32_t>(), steps_out.data_ptr<int32_t>());
+  } else {
+    route_kernel<float><<<grid, kT, 0, stream>>>(
+        entropy.data_ptr<float>(), max_prob.data_ptr<float>(), next_ids.data_ptr<int64_t>(),
+        phase.data_ptr<int8_t>(), low_count.data_ptr<int32_t>(), think_steps.data_ptr<int32_t>(),
+        cfg, B, mode.data_ptr<int8_t>(), token.data_ptr<int64_t>(), phase_out.data_ptr<int8_t>(),
+        low_out.data_ptr<int32_t>(), steps_out.data_ptr<int32_t>());
+  }
+  const cudaError_t err = cudaGetLastError();
+  if (err != cudaSuccess) throw_cuda_error(err, "route_step launch");
+  return outs;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(softkernels, CUDA, m) { m.impl("route_step", &route_step_cuda); }
+
+}  // namespace softkernels::cuda
