@@ -222,7 +222,8 @@ def format_row(r) -> str:
             f"{r['vs_compiled']:.2f} | {r['gbps']:.1f} | {pct} |")
 
 
-def write_results(device: str, rows, copy_bw, argv) -> None:
+def results_section(device: str, rows, copy_bw, argv):
+    """The RESULTS.md section of this run, as (start marker, end marker, lines)."""
     name = f"soft_embed forward, {device.upper()}"
     start, end = f"<!-- {name} start -->", f"<!-- {name} end -->"
     lines = [start, f"## {name}", "",
@@ -237,6 +238,11 @@ def write_results(device: str, rows, copy_bw, argv) -> None:
         lines.append(f"- device-to-device copy bandwidth measured in the same run: "
                      f"{copy_bw / 1e9:.0f} GB/s (read + write)")
     lines += ["", HEADER, "|" + "---|" * 13] + [format_row(r) for r in rows] + ["", end]
+    return start, end, lines
+
+
+def write_results(device: str, rows, copy_bw, argv) -> None:
+    start, end, lines = results_section(device, rows, copy_bw, argv)
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEvery number here was measured by the command named in its section.\n"
     if start in text and end in text:
         pre, rest = text.split(start, 1)
@@ -270,6 +276,9 @@ def main(argv=None):
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"bench_soft_embed_{args.device}.json").write_text(
             json.dumps(dict(rows=rows, copy_bw=copy_bw, machine=machine_name(args.device)), indent=1))
+        _, _, lines = results_section(args.device, rows, copy_bw,
+                                      sys.argv[1:] if argv is None else argv)
+        (Path(args.out) / f"RESULTS_{args.device}.md").write_text("\n".join(lines) + "\n")
     return rows
 
 
