@@ -70,6 +70,15 @@ def row_param(fn: str, name: str, value: RowValue, *, B: int, device: torch.devi
     A Python number is range-checked here. A [B] tensor is range-checked when ``check_data`` is
     true (this reads its values: a host sync on CUDA).
     """
+    # Fast path for plain numbers in range (the common case, on every decoding step).
+    tv = type(value)
+    if tv is float or tv is int:
+        if integer and tv is int:
+            if (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi):
+                return value, None
+        elif not integer and value == value:
+            if (value > lo if lo_open else value >= lo) and (value < hi if hi_open else value <= hi):
+                return float(value), None
     if isinstance(value, torch.Tensor):
         if value.dim() != 1 or value.shape[0] != B:
             raise ValueError(f"{fn}: {name} must be a number or a [B] = [{B}] tensor, "
