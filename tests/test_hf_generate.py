@@ -440,3 +440,28 @@ def test_soft_thinking_false_runs_plain_generate(models):
                 return_dict_in_generate=True)
     assert torch.equal(over.sequences, plain)
     assert over.soft_trace.k == 1
+
+
+def test_inputs_embeds_prompt(models):
+    """A prompt given as inputs_embeds: the generated positions still get their soft tokens."""
+    m = models("llama")
+    ids, mask = prompts(batch=2)
+    embeds = m.get_input_embeddings()(ids).detach()
+    plain = m.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=8,
+                       do_sample=False)
+    sk.patch(m, sk.SoftThinkingConfig(k=1))
+    out = m.generate(inputs_embeds=embeds, attention_mask=mask, max_new_tokens=8,
+                     do_sample=False, return_dict_in_generate=True)
+    assert torch.equal(out.sequences, plain)
+    assert out.soft_trace.prompt_length == 0 and out.soft_trace.num_steps == 8
+
+
+def test_num_return_sequences_with_sampling(models):
+    m = models("qwen2")
+    ids, mask = prompts(batch=2)
+    sk.patch(m, sk.SoftThinkingConfig(k=4, noise=sk.Dirichlet(), max_think_tokens=3))
+    out = _gen(m, ids, mask, do_sample=True, num_return_sequences=3, return_dict_in_generate=True)
+    tr = out.soft_trace
+    assert out.sequences.shape[0] == 6 and tr.batch_size == 6
+    assert len(set(tr.seed.tolist())) == 6            # every row its own noise stream
+    assert (tr.end_step == 3).all()

@@ -208,13 +208,22 @@ def unpatch(model):
 
 def _effective_generation_config(model, generation_config, kwargs):
     """The GenerationConfig that generate() will use (same merge rules), for validation only."""
+    import warnings
+    from transformers.utils import logging as hf_logging
     prepare = getattr(model, "_prepare_generation_config", None)
     if prepare is not None:
+        # generate() repeats this merge and emits its warnings itself: keep this one quiet.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
-            gc, _ = prepare(generation_config, **dict(kwargs))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gc, _ = prepare(generation_config, **dict(kwargs))
             return gc
         except TypeError:
             pass
+        finally:
+            hf_logging.set_verbosity(verbosity)
     gc = copy.deepcopy(generation_config if generation_config is not None
                        else model.generation_config)
     gc.update(**{k: v for k, v in kwargs.items() if hasattr(gc, k)})
