@@ -360,7 +360,7 @@ def test_sampled_think_end_at_a_hard_step_ends_thinking(models):
         if out.sequences[0, P + 1] == TE:
             assert tr.mode[0, 1] == 0                      # a hard step (max_prob 0.5 < 0.9)
             assert tr.end_step[0] == 1 and tr.end_reason[0] == 1
-            assert (tr.phase[0, 2:] == 0).all() and (tr.mode[0, 2:] == 0).all()
+            assert (tr.phase[0, 1:] == 0).all() and (tr.mode[0, 2:] == 0).all()
             found = True
             break
     assert found

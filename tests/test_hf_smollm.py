@@ -64,9 +64,9 @@ def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
 def test_k1_greedy_equals_plain_greedy(model_tok):
     model, tok = model_tok
     enc = _batch(tok)
-    plain = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    plain = model.generate(**enc, max_new_tokens=16, do_sample=False)
     sk.patch(model, sk.SoftThinkingConfig(k=1))
-    out = model.generate(**enc, max_new_tokens=24, do_sample=False)
+    out = model.generate(**enc, max_new_tokens=16, do_sample=False)
     assert torch.equal(out, plain)
 
 
@@ -74,15 +74,15 @@ def test_soft_thinking_with_budget_and_trace(model_tok):
     model, tok = model_tok
     enc = _batch(tok)
     P = enc["input_ids"].shape[1]
-    sk.patch(model, sk.SoftThinkingConfig(k=10, noise=sk.Gumbel(), max_think_tokens=6, seed=0))
-    out = model.generate(**enc, max_new_tokens=10, do_sample=False, return_dict_in_generate=True)
+    sk.patch(model, sk.SoftThinkingConfig(k=10, noise=sk.Gumbel(), max_think_tokens=4, seed=0))
+    out = model.generate(**enc, max_new_tokens=7, do_sample=False, return_dict_in_generate=True)
     tr = out.soft_trace
     gen = out.sequences[:, P:]
     B, T = gen.shape
     assert tr.ids.shape == (B, T, 10) and tr.noise.shape == (B, T, 10)
     soft = tr.mode == 1
-    assert soft[:, :6].all() and not soft[:, 6:].any()
-    assert tr.end_step.tolist() == [6, 6] and tr.end_reason.tolist() == [2, 2]
+    assert soft[:, :4].all() and not soft[:, 4:].any()
+    assert tr.end_step.tolist() == [4, 4] and tr.end_reason.tolist() == [2, 2]
     assert torch.equal(gen[soft], tr.ids[..., 0][soft])
     torch.testing.assert_close(tr.weights.sum(-1), torch.ones(B, T))
     text = tok.batch_decode(gen, skip_special_tokens=True)
@@ -99,8 +99,8 @@ def test_think_end_strings_resolve_with_the_real_tokenizer(model_tok):
 
 def test_demo_cli(smollm2, capsys):
     from softkernels.__main__ import main
-    assert main(["demo", "--prompt", "What is 2 plus 2?", "--max-new-tokens", "8",
-                 "--max-think-tokens", "4", "--noise", "dirichlet"]) == 0
+    assert main(["demo", "--prompt", "What is 2 plus 2?", "--max-new-tokens", "6",
+                 "--max-think-tokens", "3", "--noise", "dirichlet"]) == 0
     out = capsys.readouterr().out
     assert "plain greedy" in out and "soft thinking" in out and "tok/s" in out
     assert "thought (top-1 token of each soft step)" in out

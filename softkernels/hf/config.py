@@ -116,7 +116,8 @@ class SoftThinkingConfig:
             matrix when ``relative=True``, resolved once per ``generate`` call). Default None.
         think_end: the token that ends thinking: a token id (int >= 0), a string that the
             tokenizer maps to exactly one token (e.g. ``"</think>"``; pass ``tokenizer=`` to
-            ``patch`` or to ``generate``), or None for models that do not think in tags (then
+            ``patch``, or to ``generate`` along with a per-call ``soft_thinking=`` config), or
+            None for models that do not think in tags (then
             thinking ends only by Cold Stop or the budget, and the row switches to hard tokens).
             Default None.
         cold_stop: :class:`ColdStop` or None (off). Default None.

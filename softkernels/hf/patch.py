@@ -246,8 +246,8 @@ def _check_mode(model, gc, args) -> None:
         raise ValueError(f"{fn}: beam search (num_beams={num_beams}) is not supported with soft "
                          "thinking; use greedy or sampling (num_beams=1), or pass "
                          "soft_thinking=False")
-    mode = str(getattr(gc.get_generation_mode(args.get("assistant_model")), "value",
-                       gc.get_generation_mode(args.get("assistant_model"))))
+    gen_mode = gc.get_generation_mode(args.get("assistant_model"))
+    mode = str(getattr(gen_mode, "value", gen_mode))
     if mode not in ("greedy_search", "sample"):
         raise ValueError(f"{fn}: generation mode {mode!r} is not supported with soft thinking; "
                          "only greedy search and sampling are (num_beams=1, no penalty_alpha, "
@@ -285,9 +285,6 @@ def _soft_generate(self, *args, soft_thinking=None, **kwargs):
     if isinstance(soft_thinking, SoftThinkingConfig):
         _check_top_k(config, emb.num_embeddings)
         think_end_id = _resolve_think_end(config.think_end, extra.get("tokenizer", p.tokenizer),
-                                          emb.num_embeddings)
-    elif think_end_id is None and isinstance(config.think_end, str):
-        think_end_id = _resolve_think_end(config.think_end, extra.get("tokenizer"),
                                           emb.num_embeddings)
 
     gc = _effective_generation_config(self, arguments.get("generation_config"), extra)
@@ -402,8 +399,9 @@ class _CallState:
             raise ValueError(f"softkernels: the model scores {V} tokens but its input embedding "
                              f"has only {self.weight.shape[0]} rows")
         if scores.device != self.weight.device:
-            raise ValueError(f"softkernels: scores are on {scores.device} but the input "
-                             f"embedding is on {self.weight.device}")
+            raise ValueError(f"softkernels: generate() produced scores on {scores.device} but the "
+                             f"input embedding is on {self.weight.device}; move input_ids (and "
+                             "attention_mask) to the model's device")
         self.B = B
         self.prompt_length = input_ids.shape[1]
         self.route = RouteState.start(B, device=scores.device)
@@ -492,7 +490,7 @@ class _CallState:
         r = self.rec
 
         def stack(name):
-            return torch.stack(r[name][:T], 1)
+            return torch.stack(r[name], 1)[:, :T]
 
         ids, weights = stack("ids"), stack("weights")
         noise = stack("noise") if r["noise"][0] is not None else None
@@ -527,6 +525,10 @@ class _CallState:
         reason = torch.where(natural, END_THINK_TOKEN,
                              torch.where(budget, END_BUDGET, END_COLD_STOP))
         reason = torch.where(has_end, reason, END_NONE).to(torch.int8)
+        # A think-end token sampled at a router-hard step is only seen by the state machine one
+        # step later: make `phase` say "answering" from every row's end step on.
+        steps = torch.arange(T, device=dev).unsqueeze(0)
+        phase = phase.masked_fill(has_end.unsqueeze(1) & (steps >= end_step.unsqueeze(1)), 0)
 
         cfg = self.config
         return SoftTrace(
