@@ -465,3 +465,24 @@ def test_num_return_sequences_with_sampling(models):
     assert out.sequences.shape[0] == 6 and tr.batch_size == 6
     assert len(set(tr.seed.tolist())) == 6            # every row its own noise stream
     assert (tr.end_step == 3).all()
+
+
+@pytest.mark.parametrize("warpers", [
+    dict(temperature=0.3, top_k=3, top_p=0.5, min_p=0.3),
+    dict(typical_p=0.4, epsilon_cutoff=0.05, eta_cutoff=0.05, repetition_penalty=1.3,
+         no_repeat_ngram_size=2, renormalize_logits=True),
+])
+def test_hf_processors_and_warpers_cannot_undo_soft_choices(models, warpers):
+    m = models("llama")
+    ids, mask = prompts(batch=3)
+    sk.patch(m, sk.SoftThinkingConfig(k=6, think_end=5, max_think_tokens=5))
+    out = _gen(m, ids, mask, do_sample=True, return_dict_in_generate=True, output_logits=True,
+               **warpers)
+    tr = out.soft_trace
+    gen = out.sequences[:, ids.shape[1]:]
+    soft = tr.mode == 1
+    assert soft[:, :5].all()
+    assert torch.equal(gen[soft], tr.ids[..., 0][soft])
+    assert (gen[:, 5] == 5).all() and (tr.mode[:, 5] == 2).all()
+    # output_logits keeps the model's raw logits (the forcing mask is applied on a copy).
+    assert all(torch.isfinite(x).all() for x in out.logits)
