@@ -89,8 +89,12 @@ def main(argv=None) -> int:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--threads", type=int, default=0,
+                    help="torch intra-op threads (default: torch's default, one per core)")
     ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
     args = ap.parse_args(argv)
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     sys.path.insert(0, str(ROOT))
     import softkernels as sk
@@ -102,8 +106,9 @@ def main(argv=None) -> int:
     rows = []
     for B in args.batch_sizes:
         enc = batch(tok, B)
-        timed(model, enc, 8, False)                       # warm-up both paths
-        timed(model, enc, 8, True)
+        warm = min(8, args.new_tokens)
+        timed(model, enc, warm, False)                    # warm-up both paths
+        timed(model, enc, warm, True)
         plain, soft = [], []
         for r in range(args.repeats):
             order = (False, True) if r % 2 == 0 else (True, False)

@@ -113,3 +113,16 @@ def test_demo_help_lists_the_options():
                          capture_output=True, text=True, check=True, env=env).stdout
     for opt in ("--prompt", "--k", "--noise", "--max-think-tokens", "--max-new-tokens"):
         assert opt in out
+
+
+def test_generation_benchmark_runs(smollm2, capsys):
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "bench_generate.py"
+    spec = importlib.util.spec_from_file_location("bench_generate", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--batch-sizes", "2", "--new-tokens", "3", "--repeats", "1",
+                       "--no-write"]) == 0
+    out = capsys.readouterr().out
+    assert "| 2 |" in out and "soft thinking (k=10) tok/s" in out
