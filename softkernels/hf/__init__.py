@@ -6,7 +6,7 @@ model generates), so ``import softkernels`` does not need it.
 """
 
 from .config import ColdStop, ConfidenceRouter, SoftThinkingConfig
-from .patch import is_patched, patch, unpatch
+from .patching import is_patched, patch, unpatch
 from .trace import END_REASONS, SoftTrace
 
 __all__ = ["patch", "unpatch", "is_patched", "SoftThinkingConfig", "ColdStop", "ConfidenceRouter",

@@ -432,9 +432,13 @@ class _CallState:
         # Rows that must emit rs.token: soft steps (top-1 slot) and think-end tokens of thinking
         # rows (forced, or chosen by the model as its top-1 candidate).
         force = soft if te is None else soft | ((route.phase == PHASE_THINKING) & (rs.token == te))
+        # out = scores - (+inf on forced rows, 0 elsewhere): x - 0 == x bit for bit (signed zeros
+        # included), so hard rows are untouched; a broadcast subtraction is ~8x faster on CPU
+        # than masked_fill with a broadcast row mask. Then the forced token gets score 0.
         token = rs.token.unsqueeze(1)
         keep = scores.gather(1, token)
-        out = scores.masked_fill(force.unsqueeze(1), -math.inf)
+        penalty = torch.zeros_like(keep).masked_fill_(force.unsqueeze(1), math.inf)
+        out = scores - penalty
         out.scatter_(1, token, torch.where(force.unsqueeze(1), torch.zeros_like(keep), keep))
 
         self.pending_embeds = tok.embeds
