@@ -96,7 +96,7 @@ def test_patch_is_idempotent_and_unpatch_restores_exactly():
     wrapper = m.generate
     assert sk.hf.is_patched(m)
     sk.patch(m, sk.SoftThinkingConfig(k=1))          # again: config replaced, not re-wrapped
-    assert m.generate.__func__ is wrapper.__func__
+    assert m.generate is wrapper
     assert m._softkernels_patch.config.k == 1
     assert torch.equal(m.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False),
                        plain)
@@ -114,6 +114,25 @@ def test_patch_is_idempotent_and_unpatch_restores_exactly():
     assert torch.equal(m.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False),
                        plain)
     sk.unpatch(m)                                     # unpatching twice is a no-op
+
+
+def test_patched_model_survives_deepcopy_and_pickling():
+    import copy
+    import io
+    m = make_model("llama")
+    ids, mask = prompts(batch=2)
+    plain = m.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False)
+    sk.patch(m, sk.SoftThinkingConfig(k=1))
+    buf = io.BytesIO()
+    torch.save(m, buf)
+    buf.seek(0)
+    for clone in (copy.deepcopy(m), torch.load(buf, weights_only=False)):
+        assert clone.generate.__self__ is clone
+        out = clone.generate(ids, attention_mask=mask, max_new_tokens=5, do_sample=False,
+                             return_dict_in_generate=True)
+        assert torch.equal(out.sequences, plain) and out.soft_trace.k == 1
+        sk.unpatch(clone)
+        assert "generate" not in clone.__dict__ and not sk.hf.is_patched(clone)
 
 
 def test_unpatch_keeps_an_instance_generate_that_was_there_before():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import copy
 import inspect
 import math
-import types
 from typing import Any, List, Optional
 
 import torch
@@ -37,7 +36,6 @@ from .trace import END_BUDGET, END_COLD_STOP, END_NONE, END_THINK_TOKEN, MODE_HA
 __all__ = ["patch", "unpatch", "is_patched"]
 
 _ATTR = "_softkernels_patch"
-_MISSING = object()
 _MASK64 = (1 << 64) - 1
 
 
@@ -123,14 +121,36 @@ def _check_top_k(config: SoftThinkingConfig, V: int) -> None:
 
 
 class _Patch:
-    """What patch() stores on the model."""
+    """What patch() stores on the model (plain attributes: survives deepcopy and pickling)."""
 
-    def __init__(self, config, tokenizer, think_end_id, original, previous):
+    def __init__(self, config, tokenizer, think_end_id, had_previous, previous):
         self.config = config
         self.tokenizer = tokenizer
         self.think_end_id = think_end_id
-        self.original = original      # the generate() that was in place before patching
-        self.previous = previous      # model.__dict__["generate"] before patching, or _MISSING
+        self.had_previous = had_previous   # was there an instance-level generate before patching?
+        self.previous = previous           # ... and if so, that object
+
+    def original(self, model):
+        """The generate() that was in place before patching, bound to ``model``."""
+        return self.previous if self.had_previous else type(model).generate.__get__(model)
+
+
+class _SoftGenerate:
+    """``model.generate`` while patched: a picklable, deep-copyable stand-in for a bound method."""
+
+    def __init__(self, model):
+        self.__self__ = model
+
+    @property
+    def __wrapped__(self):          # inspect.signature(model.generate) shows generate's own
+        return self.__self__.__dict__[_ATTR].original(self.__self__)
+
+    @property
+    def __doc__(self):
+        return _soft_generate.__doc__
+
+    def __call__(self, *args, **kwargs):
+        return _soft_generate(self.__self__, *args, **kwargs)
 
 
 def is_patched(model) -> bool:
@@ -183,10 +203,10 @@ def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer
         existing.tokenizer = tokenizer if tokenizer is not None else existing.tokenizer
         existing.think_end_id = think_end_id
         return model
-    previous = model.__dict__.get("generate", _MISSING)
-    p = _Patch(config, tokenizer, think_end_id, original=model.generate, previous=previous)
+    had_previous = "generate" in model.__dict__
+    p = _Patch(config, tokenizer, think_end_id, had_previous, model.__dict__.get("generate"))
     model.__dict__[_ATTR] = p
-    model.__dict__["generate"] = types.MethodType(_soft_generate, model)
+    model.__dict__["generate"] = _SoftGenerate(model)
     return model
 
 
@@ -196,7 +216,7 @@ def unpatch(model):
     if not isinstance(p, _Patch):
         return model
     del model.__dict__[_ATTR]
-    if p.previous is _MISSING:
+    if not p.had_previous:
         model.__dict__.pop("generate", None)
     else:
         model.__dict__["generate"] = p.previous
@@ -265,7 +285,7 @@ def _soft_generate(self, *args, soft_thinking=None, **kwargs):
     """Hugging Face ``generate`` with soft thinking (installed by ``softkernels.patch``)."""
     p: _Patch = self.__dict__[_ATTR]
     if soft_thinking is False:
-        return p.original(*args, **kwargs)
+        return p.original(self)(*args, **kwargs)
     if soft_thinking is None or soft_thinking is True:
         config, think_end_id = p.config, p.think_end_id
     elif isinstance(soft_thinking, SoftThinkingConfig):
@@ -274,13 +294,14 @@ def _soft_generate(self, *args, soft_thinking=None, **kwargs):
         raise TypeError(f"generate: soft_thinking must be None, False or a "
                         f"softkernels.SoftThinkingConfig, got {type(soft_thinking).__name__}")
 
+    original = p.original(self)
+    signature = inspect.signature(original)
     try:
-        bound = inspect.signature(p.original).bind(*args, **kwargs)
+        bound = signature.bind(*args, **kwargs)
     except TypeError as e:
         raise TypeError(f"generate: {e}") from None
     arguments = dict(bound.arguments)
-    extra = arguments.pop("kwargs", {}) if "kwargs" in inspect.signature(p.original).parameters \
-        else {}
+    extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
     emb = _input_embedding(self)
     if isinstance(soft_thinking, SoftThinkingConfig):
         _check_top_k(config, emb.num_embeddings)
@@ -307,7 +328,7 @@ def _soft_generate(self, *args, soft_thinking=None, **kwargs):
 
     handle = emb.register_forward_hook(state.embedding_hook)
     try:
-        result = p.original(**arguments, **extra)
+        result = original(**arguments, **extra)
     finally:
         handle.remove()
         state.release()
