@@ -351,7 +351,7 @@ _OUTPUT_CLASSES = {}
 
 def _with_trace(result, trace: SoftTrace):
     """The output as an instance of a subclass of its own class with a ``soft_trace`` field."""
-    from dataclasses import dataclass, field as dc_field
+    from dataclasses import dataclass
     cls = type(result)
     sub = _OUTPUT_CLASSES.get(cls)
     if sub is None:

@@ -16,7 +16,7 @@ from typing import Optional
 
 import torch
 
-from ..noise import Noise
+from ..noise import Gaussian, Noise
 
 __all__ = ["SoftTrace", "MODE_HARD", "MODE_SOFT", "MODE_FORCED_END", "END_NONE",
            "END_THINK_TOKEN", "END_BUDGET", "END_COLD_STOP", "END_REASONS"]
@@ -106,8 +106,7 @@ class SoftTrace:
     @property
     def sigma(self) -> Optional[float]:
         """Absolute Gaussian sigma (embedding units, before embed_scale), or None."""
-        return getattr(self.noise_params, "sigma", None) if self.noise_params is not None \
-            and type(self.noise_params).__name__ == "Gaussian" else None
+        return self.noise_params.sigma if isinstance(self.noise_params, Gaussian) else None
 
     def end_reason_text(self, row: int) -> str:
         """Why row ``row`` ended thinking, in words."""
