@@ -54,9 +54,9 @@ test: install cuda-check
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
-# Until the Hugging Face layer lands, the demo is the CPU benchmark on a few shapes.
+# Soft thinking next to plain greedy on the bundled SmolLM2-135M-Instruct (see README).
 demo: install
-	$(PY) benchmarks/bench_soft_embed.py --quick --no-write
+	$(PY) -m softkernels demo
 
 bench: install
 	$(PY) benchmarks/bench_soft_embed.py

@@ -13,8 +13,10 @@ from .logprob import gaussian_logprob, gumbel_logprob
 from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
 from .soft_tokens import SoftTokens
+from .hf import ColdStop, ConfidenceRouter, SoftThinkingConfig, SoftTrace, patch, unpatch
 
 __version__ = "0.1.0"
 
-__all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet", "Gaussian", "__version__",
-           "gumbel_logprob", "gaussian_logprob"]
+__all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet",
+           "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
+           "ColdStop", "ConfidenceRouter", "SoftTrace", "__version__"]

@@ -1,0 +1,13 @@
+"""Hugging Face layer: soft thinking inside a model's own ``generate()``.
+
+``softkernels.patch(model, SoftThinkingConfig(...))`` / ``softkernels.unpatch(model)``; docs/hf.md
+describes the mechanism and its decisions. transformers is imported lazily (only when a patched
+model generates), so ``import softkernels`` does not need it.
+"""
+
+from .config import ColdStop, ConfidenceRouter, SoftThinkingConfig
+from .patching import is_patched, patch, unpatch
+from .trace import END_REASONS, SoftTrace
+
+__all__ = ["patch", "unpatch", "is_patched", "SoftThinkingConfig", "ColdStop", "ConfidenceRouter",
+           "SoftTrace", "END_REASONS"]

@@ -1,0 +1,179 @@
+"""Configuration of soft thinking for Hugging Face generation (``softkernels.patch``).
+
+All classes are frozen dataclasses validated in ``__post_init__``: a bad value raises
+ValueError/TypeError naming the field and the value. Use :func:`dataclasses.replace` to derive a
+modified configuration. This module does not import transformers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional, Union
+
+from ..noise import Dirichlet, Gaussian, Gumbel, Noise
+
+__all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "MAX_K"]
+
+MAX_K = 1024   # largest mixture width the kernels support (csrc/common/macros.h)
+_I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+
+def _int(cls: str, name: str, value, lo: int, hi: Optional[int] = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{cls}.{name} must be an int, got {type(value).__name__} {value!r}")
+    if value < lo or (hi is not None and value > hi):
+        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+        raise ValueError(f"{cls}.{name} must be in {rng}, got {value!r}")
+    return int(value)
+
+
+def _float(cls: str, name: str, value, *, lo: float, hi: float, lo_open: bool,
+           hi_open: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{cls}.{name} must be a number, got {type(value).__name__} {value!r}")
+    v = float(value)
+    ok = (not math.isnan(v) and (v > lo if lo_open else v >= lo)
+          and (v < hi if hi_open else v <= hi))
+    if not ok:
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{cls}.{name} must be in {rng}, got {value!r}")
+    return v
+
+
+@dataclass(frozen=True)
+class ColdStop:
+    """Cold Stop (Soft Thinking): end a row's thinking once its next-token distribution stays
+    confident.
+
+    When the entropy of softmax(logits / temperature) (in nats, over the whole vocabulary) is below
+    ``entropy_threshold`` for ``patience`` consecutive thinking steps, the row's next token is
+    forced to the think-end token (or, without one, the row switches to hard decoding).
+
+    Args:
+        entropy_threshold: threshold in nats (>= 0). Default 0.01, Soft Thinking's value.
+        patience: consecutive low-entropy thinking steps that trigger the stop (>= 1).
+            Default 256, Soft Thinking's value.
+    """
+
+    entropy_threshold: float = 0.01
+    patience: int = 256
+
+    def __post_init__(self):
+        object.__setattr__(self, "entropy_threshold", _float(
+            "ColdStop", "entropy_threshold", self.entropy_threshold, lo=0.0, hi=math.inf,
+            lo_open=False, hi_open=True))
+        object.__setattr__(self, "patience", _int("ColdStop", "patience", self.patience, 1,
+                                                  2 ** 31 - 1))
+
+
+@dataclass(frozen=True)
+class ConfidenceRouter:
+    """ThinkRouter: a thinking step whose top probability is low is taken as a hard token.
+
+    Per row and step, if ``max_prob < threshold`` (max_prob of softmax(logits / temperature))
+    the step is hard: the model's normal decoding picks the token (argmax, or a sample when
+    ``do_sample=True``) and its plain embedding is fed back. Otherwise the step is soft.
+
+    Args:
+        threshold: confidence threshold in (0, 1]. No default: pick it for your model
+            (ThinkRouter's runs use values around 0.5-0.9).
+    """
+
+    threshold: float
+
+    def __post_init__(self):
+        object.__setattr__(self, "threshold", _float(
+            "ConfidenceRouter", "threshold", self.threshold, lo=0.0, hi=1.0, lo_open=True,
+            hi_open=False))
+
+
+@dataclass(frozen=True)
+class SoftThinkingConfig:
+    """How a patched model thinks (see ``softkernels.patch``).
+
+    Thinking starts at the first generated token. While a row thinks, each step feeds back a soft
+    token (the weighted mixture of the embeddings of its top-k candidates) and emits its top-1
+    candidate into the output sequence (a readable trace). Thinking ends when the model generates
+    ``think_end`` itself, by Cold Stop, or when the budget ``max_think_tokens`` runs out; from
+    then on the row decodes normally (hard tokens, the generation config's greedy or sampling).
+
+    The soft-token distribution is computed from the scores after Hugging Face's logits
+    processors (repetition penalty, bad words, min length, processors you pass to ``generate``)
+    and instead of its sampling warpers: ``temperature``, ``top_k``, ``top_p`` and ``min_p`` below
+    apply to soft steps; the generation config's own ones apply to hard steps.
+
+    Args:
+        k: mixture width (number of candidates mixed), 1 <= k <= 1024. Default 10.
+        temperature: softmax temperature of the soft-token distribution (> 0). Default 0.6.
+        top_k: keep the top_k most likely tokens before mixing; 0 switches it off. Values
+            between 1024 and the vocabulary size are refused by the kernel (filters work inside
+            a row's 1024 most likely tokens). Default 30.
+        top_p: nucleus filter in (0, 1]; 1 switches it off. Default 0.95.
+        min_p: drop tokens with p < min_p * max p, in [0, 1); 0 switches it off. Default 0.001.
+        noise: None, :class:`softkernels.Gumbel`, :class:`softkernels.Dirichlet` or
+            :class:`softkernels.Gaussian` (sigma relative to the RMS of the input embedding
+            matrix when ``relative=True``, resolved once per ``generate`` call). Default None.
+        think_end: the token that ends thinking: a token id (int >= 0), a string that the
+            tokenizer maps to exactly one token (e.g. ``"</think>"``; pass ``tokenizer=`` to
+            ``patch``, or to ``generate`` along with a per-call ``soft_thinking=`` config), or
+            None for models that do not think in tags (then
+            thinking ends only by Cold Stop or the budget, and the row switches to hard tokens).
+            Default None.
+        cold_stop: :class:`ColdStop` or None (off). Default None.
+        router: :class:`ConfidenceRouter` or None (every thinking step is soft). Default None.
+        max_think_tokens: thinking budget in tokens (>= 0) or None (unbounded). After this many
+            thinking tokens the think-end token is forced (with ``think_end=None`` the row
+            switches to hard tokens). Default None.
+        seed: int keying the soft-token noise (Philox; each row gets its own stream derived from
+            the seed and its batch index, each step its own offset), or None to draw a fresh seed
+            from torch's default generator at every ``generate`` call (so ``torch.manual_seed``
+            makes runs reproducible). Default None.
+    """
+
+    k: int = 10
+    temperature: float = 0.6
+    top_k: int = 30
+    top_p: float = 0.95
+    min_p: float = 0.001
+    noise: Optional[Noise] = None
+    think_end: Union[None, int, str] = None
+    cold_stop: Optional[ColdStop] = None
+    router: Optional[ConfidenceRouter] = None
+    max_think_tokens: Optional[int] = None
+    seed: Optional[int] = None
+
+    def __post_init__(self):
+        c = "SoftThinkingConfig"
+        object.__setattr__(self, "k", _int(c, "k", self.k, 1, MAX_K))
+        object.__setattr__(self, "temperature", _float(c, "temperature", self.temperature,
+                                                       lo=0.0, hi=math.inf, lo_open=True,
+                                                       hi_open=True))
+        object.__setattr__(self, "top_k", _int(c, "top_k", self.top_k, 0))
+        object.__setattr__(self, "top_p", _float(c, "top_p", self.top_p, lo=0.0, hi=1.0,
+                                                 lo_open=True, hi_open=False))
+        object.__setattr__(self, "min_p", _float(c, "min_p", self.min_p, lo=0.0, hi=1.0,
+                                                 lo_open=False, hi_open=True))
+        if self.noise is not None and not isinstance(self.noise, (Gumbel, Dirichlet, Gaussian)):
+            raise TypeError(f"{c}.noise must be None, softkernels.Gumbel(...), "
+                            f"softkernels.Dirichlet(...) or softkernels.Gaussian(...), got "
+                            f"{type(self.noise).__name__} {self.noise!r}")
+        te = self.think_end
+        if te is not None:
+            if isinstance(te, str):
+                if te == "":
+                    raise ValueError(f"{c}.think_end must be a non-empty string, a token id or "
+                                     "None, got ''")
+            else:
+                object.__setattr__(self, "think_end", _int(c, "think_end", te, 0))
+        if self.cold_stop is not None and not isinstance(self.cold_stop, ColdStop):
+            raise TypeError(f"{c}.cold_stop must be None or softkernels.ColdStop(...), got "
+                            f"{type(self.cold_stop).__name__} {self.cold_stop!r}")
+        if self.router is not None and not isinstance(self.router, ConfidenceRouter):
+            raise TypeError(f"{c}.router must be None or softkernels.ConfidenceRouter(...), got "
+                            f"{type(self.router).__name__} {self.router!r}")
+        if self.max_think_tokens is not None:
+            object.__setattr__(self, "max_think_tokens", _int(
+                c, "max_think_tokens", self.max_think_tokens, 0, 2 ** 31 - 1))
+        if self.seed is not None:
+            object.__setattr__(self, "seed", _int(c, "seed", self.seed, _I64_MIN, _I64_MAX))

@@ -1,0 +1,577 @@
+"""``patch`` / ``unpatch``: soft thinking inside a Hugging Face model's own ``generate()``.
+
+Mechanism (docs/hf.md has the reasoning):
+
+* ``patch`` sets one instance attribute, ``model.generate``, to a wrapper (and keeps its state in
+  ``model._softkernels_patch``); ``unpatch`` deletes both. Nothing else on the model changes.
+* Each wrapped call checks the generation mode, creates per-call state, appends one logits
+  processor to the caller's ``logits_processor`` list (custom processors run after Hugging Face's
+  own processors and before its sampling warpers) and registers, for the duration of the call, a
+  forward hook on the input embedding module.
+* The processor runs :func:`softkernels.soft_embed` on the step's scores (all rows at once), then
+  :func:`softkernels.route_step` (the fused per-row Cold Stop / router / budget update), keeps the
+  soft embeddings for the next forward and, for soft rows and forced think-end rows, masks the
+  scores to the one token the row must emit, so that greedy and sampling both pick it.
+* The hook replaces, in the next forward's embedding output, the rows that took a soft step by
+  their soft embedding (scaled like the module scales its rows). Hard rows keep the module's own
+  output, so with k=1 and no noise the patched model reproduces plain greedy decoding bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import math
+from typing import Any, List, Optional
+
+import torch
+from torch import nn
+
+from .. import ops as _ops
+from ..noise import Gaussian
+from ..routing import MODE_SOFT, PHASE_THINKING, RouteState, route_step
+from .config import SoftThinkingConfig
+from .trace import END_BUDGET, END_COLD_STOP, END_NONE, END_THINK_TOKEN, MODE_HARD, SoftTrace
+
+__all__ = ["patch", "unpatch", "is_patched"]
+
+_ATTR = "_softkernels_patch"
+_MASK64 = (1 << 64) - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Model inspection (done once, in patch).
+
+def _input_embedding(model) -> nn.Embedding:
+    get = getattr(model, "get_input_embeddings", None)
+    if get is None:
+        raise TypeError(f"softkernels.patch: {type(model).__name__} has no get_input_embeddings(); "
+                        "pass a Hugging Face causal language model")
+    try:
+        emb = get()
+    except NotImplementedError:
+        emb = None
+    if not isinstance(emb, nn.Embedding):
+        raise TypeError(
+            f"softkernels.patch: the input embedding of {type(model).__name__} is "
+            f"{type(emb).__name__}, not a torch.nn.Embedding; soft thinking mixes rows of the "
+            "embedding matrix, so only models whose input embedding is an nn.Embedding (plain or "
+            "scaled, like Gemma's) are supported")
+    return emb
+
+
+def _embed_scale(emb: nn.Embedding) -> Optional[torch.Tensor]:
+    """The scalar the module multiplies looked-up rows by, or None; checks that this is all it does."""
+    scale = None
+    if type(emb).forward is not nn.Embedding.forward:
+        s = getattr(emb, "embed_scale", None)
+        if isinstance(s, torch.Tensor) and s.numel() == 1:
+            scale = s.detach().reshape(())
+        elif isinstance(s, (int, float)) and not isinstance(s, bool):
+            scale = torch.tensor(float(s))
+    if emb.weight.device.type == "meta":
+        return scale
+    n = min(emb.num_embeddings, 8)
+    ids = torch.arange(n, device=emb.weight.device)
+    with torch.no_grad():
+        got = emb(ids)
+        want = nn.functional.embedding(ids, emb.weight)
+        if scale is not None:
+            want = want * scale.to(device=want.device, dtype=emb.weight.dtype)
+    if not (isinstance(got, torch.Tensor) and got.shape == want.shape and torch.equal(got, want)):
+        raise TypeError(
+            f"softkernels.patch: the input embedding ({type(emb).__name__}) computes something "
+            "other than a table lookup (optionally times a scalar embed_scale); soft tokens "
+            "cannot be fed through it")
+    return scale
+
+
+def _resolve_think_end(think_end, tokenizer, vocab_size: int) -> Optional[int]:
+    if think_end is None:
+        return None
+    if isinstance(think_end, int):
+        if think_end >= vocab_size:
+            raise ValueError(f"SoftThinkingConfig.think_end = {think_end} is not a token id of "
+                             f"this model (vocabulary size {vocab_size})")
+        return think_end
+    if tokenizer is None:
+        raise ValueError(f"SoftThinkingConfig.think_end = {think_end!r} is a string: pass the "
+                         "tokenizer (patch(model, config, tokenizer=tok) or "
+                         "model.generate(..., tokenizer=tok)) or give the token id")
+    ids = tokenizer.encode(think_end, add_special_tokens=False)
+    if len(ids) != 1:
+        tid = tokenizer.convert_tokens_to_ids(think_end)
+        unk = getattr(tokenizer, "unk_token_id", None)
+        if isinstance(tid, int) and tid >= 0 and tid != unk:
+            ids = [tid]
+    if len(ids) != 1:
+        raise ValueError(f"SoftThinkingConfig.think_end = {think_end!r} is not a single token "
+                         f"for this tokenizer (it encodes to {len(ids)} tokens: {ids}); pass a "
+                         "string that is one token, or the token id")
+    return _resolve_think_end(int(ids[0]), None, vocab_size)
+
+
+def _check_top_k(config: SoftThinkingConfig, V: int) -> None:
+    if _ops.MAX_POOL < config.top_k < V:
+        raise ValueError(f"SoftThinkingConfig.top_k = {config.top_k} is larger than the kernels' "
+                         f"candidate pool ({_ops.MAX_POOL} tokens) but smaller than the "
+                         f"vocabulary ({V}); use top_k <= {_ops.MAX_POOL}, or 0 for off")
+    if config.k > V:
+        raise ValueError(f"SoftThinkingConfig.k = {config.k} is larger than the vocabulary ({V})")
+
+
+class _Patch:
+    """What patch() stores on the model (plain attributes: survives deepcopy and pickling)."""
+
+    def __init__(self, config, tokenizer, think_end_id, had_previous, previous):
+        self.config = config
+        self.tokenizer = tokenizer
+        self.think_end_id = think_end_id
+        self.had_previous = had_previous   # was there an instance-level generate before patching?
+        self.previous = previous           # ... and if so, that object
+
+    def original(self, model):
+        """The generate() that was in place before patching, bound to ``model``."""
+        return self.previous if self.had_previous else type(model).generate.__get__(model)
+
+
+class _SoftGenerate:
+    """``model.generate`` while patched: a picklable, deep-copyable stand-in for a bound method."""
+
+    def __init__(self, model):
+        self.__self__ = model
+
+    @property
+    def __wrapped__(self):          # inspect.signature(model.generate) shows generate's own
+        return self.__self__.__dict__[_ATTR].original(self.__self__)
+
+    @property
+    def __doc__(self):
+        return _soft_generate.__doc__
+
+    def __call__(self, *args, **kwargs):
+        return _soft_generate(self.__self__, *args, **kwargs)
+
+
+def is_patched(model) -> bool:
+    """Whether ``softkernels.patch`` is in effect on ``model``."""
+    return isinstance(getattr(model, "__dict__", {}).get(_ATTR), _Patch)
+
+
+def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer=None):
+    """Makes ``model.generate()`` run soft thinking; returns the model.
+
+    After patching, the model's own ``generate`` (greedy or sampling, batched with left padding,
+    with or without the KV cache, streamers, stopping criteria, logits processors) thinks with
+    soft tokens as ``config`` says; ``generate(..., return_dict_in_generate=True)`` also returns
+    ``output.soft_trace`` (:class:`softkernels.SoftTrace`). Per call, ``generate(...,
+    soft_thinking=False)`` runs the unpatched generation and ``soft_thinking=<SoftThinkingConfig>``
+    overrides the config.
+
+    Patching again replaces the config (patch is idempotent: the wrapper is never stacked).
+    :func:`unpatch` restores the model exactly.
+
+    Args:
+        model: a Hugging Face decoder-only model with ``generate`` whose input embedding is an
+            ``nn.Embedding`` (optionally scaled by ``embed_scale``, as Gemma's).
+        config: :class:`softkernels.SoftThinkingConfig`.
+        tokenizer: needed only when ``config.think_end`` is a string.
+
+    Raises:
+        TypeError: model or config of the wrong type, or an input embedding that is not an
+            ``nn.Embedding`` lookup.
+        ValueError: a config that does not fit the model (think_end not a single token, ...).
+    """
+    if not isinstance(config, SoftThinkingConfig):
+        raise TypeError(f"softkernels.patch: config must be a softkernels.SoftThinkingConfig, got "
+                        f"{type(config).__name__} {config!r}")
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "generate", None)):
+        raise TypeError(f"softkernels.patch: model must be a Hugging Face model with generate(), "
+                        f"got {type(model).__name__}")
+    model_config = getattr(model, "config", None)
+    if getattr(model_config, "is_encoder_decoder", False):
+        raise ValueError(f"softkernels.patch: {type(model).__name__} is an encoder-decoder model; "
+                         "soft thinking supports decoder-only models")
+    emb = _input_embedding(model)
+    _embed_scale(emb)
+    _check_top_k(config, emb.num_embeddings)
+    think_end_id = _resolve_think_end(config.think_end, tokenizer, emb.num_embeddings)
+
+    existing = model.__dict__.get(_ATTR)
+    if isinstance(existing, _Patch):
+        existing.config = config
+        existing.tokenizer = tokenizer if tokenizer is not None else existing.tokenizer
+        existing.think_end_id = think_end_id
+        return model
+    had_previous = "generate" in model.__dict__
+    p = _Patch(config, tokenizer, think_end_id, had_previous, model.__dict__.get("generate"))
+    model.__dict__[_ATTR] = p
+    model.__dict__["generate"] = _SoftGenerate(model)
+    return model
+
+
+def unpatch(model):
+    """Undoes :func:`patch` exactly (a no-op on a model that is not patched); returns the model."""
+    p = model.__dict__.get(_ATTR)
+    if not isinstance(p, _Patch):
+        return model
+    del model.__dict__[_ATTR]
+    if not p.had_previous:
+        model.__dict__.pop("generate", None)
+    else:
+        model.__dict__["generate"] = p.previous
+    return model
+
+
+# --------------------------------------------------------------------------------------------
+# The generate() wrapper.
+
+def _effective_generation_config(model, generation_config, kwargs):
+    """The GenerationConfig that generate() will use (same merge rules), for validation only."""
+    import warnings
+    from transformers.utils import logging as hf_logging
+    prepare = getattr(model, "_prepare_generation_config", None)
+    if prepare is not None:
+        # generate() repeats this merge and emits its warnings itself: keep this one quiet.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                gc, _ = prepare(generation_config, **dict(kwargs))
+            return gc
+        except TypeError:
+            pass
+        finally:
+            hf_logging.set_verbosity(verbosity)
+    gc = copy.deepcopy(generation_config if generation_config is not None
+                       else model.generation_config)
+    gc.update(**{k: v for k, v in kwargs.items() if hasattr(gc, k)})
+    return gc
+
+
+def _check_mode(model, gc, args) -> None:
+    fn = "softkernels (patched generate)"
+    if args.get("custom_generate") is not None:
+        raise ValueError(f"{fn}: custom_generate={args['custom_generate']!r} is not supported "
+                         "with soft thinking; unpatch the model or pass soft_thinking=False")
+    if args.get("assistant_model") is not None or getattr(gc, "prompt_lookup_num_tokens", None) \
+            is not None or getattr(gc, "assistant_early_exit", None) is not None \
+            or getattr(gc, "use_mtp", False):
+        raise ValueError(f"{fn}: assisted decoding (assistant_model / prompt_lookup_num_tokens / "
+                         "assistant_early_exit) is not supported with soft thinking; unpatch the "
+                         "model or pass soft_thinking=False")
+    num_beams = getattr(gc, "num_beams", None)
+    if num_beams is not None and num_beams > 1:
+        raise ValueError(f"{fn}: beam search (num_beams={num_beams}) is not supported with soft "
+                         "thinking; use greedy or sampling (num_beams=1), or pass "
+                         "soft_thinking=False")
+    gen_mode = gc.get_generation_mode(args.get("assistant_model"))
+    mode = str(getattr(gen_mode, "value", gen_mode))
+    if mode not in ("greedy_search", "sample"):
+        raise ValueError(f"{fn}: generation mode {mode!r} is not supported with soft thinking; "
+                         "only greedy search and sampling are (num_beams=1, no penalty_alpha, "
+                         "no constraints)")
+    guidance = getattr(gc, "guidance_scale", None)
+    if guidance is not None and guidance != 1:
+        raise ValueError(f"{fn}: classifier-free guidance (guidance_scale={guidance}) is not "
+                         "supported with soft thinking")
+    if getattr(gc, "cache_implementation", None) == "paged":
+        raise ValueError(f"{fn}: continuous batching (cache_implementation='paged') is not "
+                         "supported with soft thinking")
+
+
+def _soft_generate(self, *args, soft_thinking=None, **kwargs):
+    """Hugging Face ``generate`` with soft thinking (installed by ``softkernels.patch``)."""
+    p: _Patch = self.__dict__[_ATTR]
+    if soft_thinking is False:
+        return p.original(self)(*args, **kwargs)
+    if soft_thinking is None or soft_thinking is True:
+        config, think_end_id = p.config, p.think_end_id
+    elif isinstance(soft_thinking, SoftThinkingConfig):
+        config = soft_thinking
+    else:
+        raise TypeError(f"generate: soft_thinking must be None, False or a "
+                        f"softkernels.SoftThinkingConfig, got {type(soft_thinking).__name__}")
+
+    original = p.original(self)
+    signature = inspect.signature(original)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError as e:
+        raise TypeError(f"generate: {e}") from None
+    arguments = dict(bound.arguments)
+    extra = arguments.pop("kwargs", {}) if "kwargs" in signature.parameters else {}
+    emb = _input_embedding(self)
+    if isinstance(soft_thinking, SoftThinkingConfig):
+        _check_top_k(config, emb.num_embeddings)
+        think_end_id = _resolve_think_end(config.think_end, extra.get("tokenizer", p.tokenizer),
+                                          emb.num_embeddings)
+
+    gc = _effective_generation_config(self, arguments.get("generation_config"), extra)
+    _check_mode(self, gc, {**arguments, **extra})
+    use_cache = gc.use_cache is not False
+    record = bool(gc.return_dict_in_generate)
+
+    state = _CallState(config, think_end_id, emb, _embed_scale(emb), use_cache, record)
+    processors = _logits_processor_list(arguments.get("logits_processor"))
+    processors.append(_SoftThinkingProcessor(state))
+    arguments["logits_processor"] = processors
+    if hasattr(gc, "disable_compile") and "disable_compile" not in extra:
+        # The embedding hook mutates per-step Python state: keep the forward eager (automatic
+        # compilation only happens with static caches on accelerators).
+        if arguments.get("generation_config") is not None:
+            arguments["generation_config"] = copy.deepcopy(arguments["generation_config"])
+            arguments["generation_config"].disable_compile = True
+        else:
+            extra["disable_compile"] = True
+
+    handle = emb.register_forward_hook(state.embedding_hook)
+    try:
+        result = original(**arguments, **extra)
+    finally:
+        handle.remove()
+        state.release()
+    if record and state.steps and hasattr(result, "sequences"):
+        trace = state.build_trace(result.sequences, gc.eos_token_id)
+        result = _with_trace(result, trace)
+    return result
+
+
+def _logits_processor_list(user):
+    from transformers import LogitsProcessorList
+    out = LogitsProcessorList()
+    if user is not None:
+        out.extend(list(user))
+    return out
+
+
+_OUTPUT_CLASSES = {}
+
+
+def _with_trace(result, trace: SoftTrace):
+    """The output as an instance of a subclass of its own class with a ``soft_trace`` field."""
+    from dataclasses import dataclass
+    cls = type(result)
+    sub = _OUTPUT_CLASSES.get(cls)
+    if sub is None:
+        ns = {"__annotations__": {"soft_trace": Optional[SoftTrace]}, "soft_trace": None,
+              "__doc__": f"{cls.__name__} with the soft-thinking trace (softkernels.SoftTrace).",
+              "__module__": __name__}
+        sub = dataclass(type("Soft" + cls.__name__, (cls,), ns))
+        _OUTPUT_CLASSES[cls] = sub
+    values = {k: v for k, v in result.items()}
+    out = sub(**values, soft_trace=trace)
+    return out
+
+
+def _row_seeds(base: int, B: int, device) -> torch.Tensor:
+    """A distinct Philox key per row, a hash (SplitMix64) of the base seed and the row index."""
+    seeds = []
+    for b in range(B):
+        z = (base + (b + 1) * 0x9E3779B97F4A7C15) & _MASK64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+        z ^= z >> 31
+        seeds.append(z - (1 << 64) if z >= (1 << 63) else z)
+    return torch.tensor(seeds, dtype=torch.int64, device=device)
+
+
+class _CallState:
+    """Per-generate-call state shared by the logits processor and the embedding hook."""
+
+    def __init__(self, config: SoftThinkingConfig, think_end_id, emb: nn.Embedding, scale,
+                 use_cache: bool, record: bool):
+        self.config = config
+        self.think_end_id = think_end_id
+        self.weight = emb.weight
+        self.scale = None if scale is None else scale.to(device=emb.weight.device,
+                                                         dtype=emb.weight.dtype)
+        noise = config.noise
+        if isinstance(noise, Gaussian) and noise.relative:
+            noise = noise.absolute(emb.weight)   # one pass over E per call, not per step
+        self.noise = noise
+        self.use_cache = use_cache
+        self.record = record
+        if config.seed is None:
+            self.base_seed = int(torch.randint(-(2 ** 62), 2 ** 62, (1,)).item())
+        else:
+            self.base_seed = config.seed
+        self.cs_entropy = None if config.cold_stop is None else config.cold_stop.entropy_threshold
+        self.cs_patience = 256 if config.cold_stop is None else config.cold_stop.patience
+        self.router = None if config.router is None else config.router.threshold
+        # The fix-up for a think-end token sampled at a router-hard step (see _step).
+        self.fixup = think_end_id is not None and config.router is not None
+        self.steps = 0
+        self.B = None
+        self.prompt_length = None
+        self.route: Optional[RouteState] = None
+        self.seeds = None
+        self.pending_embeds = None   # [B, D] soft embeddings of the last step (E's dtype)
+        self.pending_mask = None     # bool [B]: rows whose last step was soft
+        self.history: List[Any] = []  # use_cache=False: (embeds, mask) of every step
+        self.rec = {k: [] for k in ("ids", "weights", "noise", "entropy", "max_prob", "mode",
+                                    "phase")}
+
+    # ---- logits processor side --------------------------------------------------------------
+    def start(self, input_ids: torch.Tensor, scores: torch.Tensor) -> None:
+        B, V = scores.shape
+        if V > self.weight.shape[0]:
+            raise ValueError(f"softkernels: the model scores {V} tokens but its input embedding "
+                             f"has only {self.weight.shape[0]} rows")
+        if scores.device != self.weight.device:
+            raise ValueError(f"softkernels: generate() produced scores on {scores.device} but the "
+                             f"input embedding is on {self.weight.device}; move input_ids (and "
+                             "attention_mask) to the model's device")
+        self.B = B
+        self.prompt_length = input_ids.shape[1]
+        self.route = RouteState.start(B, device=scores.device)
+        self.seeds = _row_seeds(self.base_seed, B, scores.device)
+
+    def step(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.steps == 0:
+            self.start(input_ids, scores)
+        cfg = self.config
+        te = self.think_end_id
+        route = self.route
+        if self.fixup and self.steps > 0:
+            # A router-hard thinking step whose sampled token was the think-end token ended
+            # thinking: route_step only sees the top-1 soft candidate, so apply it here.
+            ended = (route.phase == PHASE_THINKING) & (input_ids[:, -1] == te)
+            route = RouteState(route.phase.masked_fill(ended, 0), route.low_count,
+                               route.think_steps)
+        # First step validates the data (NaN / inf, parameter ranges); later steps skip the
+        # data check, which would read values back to the host every step.
+        tok = _ops.soft_embed(scores, self.weight, k=cfg.k, temperature=cfg.temperature,
+                              top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p, noise=self.noise,
+                              seed=self.seeds, offset=self.steps, validate=self.steps == 0)
+        top1 = tok.ids[:, 0]
+        rs = route_step(tok.entropy, tok.max_prob, top1, route, think_end_id=te,
+                        cold_stop_entropy=self.cs_entropy, cold_stop_patience=self.cs_patience,
+                        router_threshold=self.router, max_think_tokens=cfg.max_think_tokens)
+        soft = rs.mode == MODE_SOFT
+        # Rows that must emit rs.token: soft steps (top-1 slot) and think-end tokens of thinking
+        # rows (forced, or chosen by the model as its top-1 candidate).
+        force = soft if te is None else soft | ((route.phase == PHASE_THINKING) & (rs.token == te))
+        # out = scores - (+inf on forced rows, 0 elsewhere): x - 0 == x bit for bit (signed zeros
+        # included), so hard rows are untouched; a broadcast subtraction is ~8x faster on CPU
+        # than masked_fill with a broadcast row mask. Then the forced token gets score 0.
+        token = rs.token.unsqueeze(1)
+        keep = scores.gather(1, token)
+        penalty = torch.zeros_like(keep).masked_fill_(force.unsqueeze(1), math.inf)
+        out = scores - penalty
+        out.scatter_(1, token, torch.where(force.unsqueeze(1), torch.zeros_like(keep), keep))
+
+        self.pending_embeds = tok.embeds
+        self.pending_mask = soft
+        if not self.use_cache:
+            self.history.append((tok.embeds, soft))
+        if self.record:
+            r = self.rec
+            r["ids"].append(tok.ids)
+            r["weights"].append(tok.weights)
+            r["noise"].append(tok.noise)
+            r["entropy"].append(tok.entropy)
+            r["max_prob"].append(tok.max_prob)
+            r["mode"].append(rs.mode)
+            r["phase"].append(rs.state.phase)
+        self.route = rs.state
+        self.steps += 1
+        return out
+
+    # ---- embedding hook side ----------------------------------------------------------------
+    def soft_rows(self, embeds: torch.Tensor) -> torch.Tensor:
+        return embeds if self.scale is None else embeds * self.scale
+
+    def embedding_hook(self, module, args, output):
+        if self.pending_mask is None:
+            return None   # prefill: nothing generated yet
+        if output.dim() != 3 or output.shape[0] != self.B:
+            raise RuntimeError(f"softkernels: unexpected input embedding call with output shape "
+                               f"{tuple(output.shape)} during soft-thinking generation "
+                               f"(batch {self.B})")
+        L = output.shape[1]
+        if L == 1:
+            soft = self.soft_rows(self.pending_embeds).unsqueeze(1)
+            return torch.where(self.pending_mask[:, None, None], soft, output)
+        if not self.history:
+            raise RuntimeError("softkernels: the model re-ran several positions during decoding "
+                               "although the cache is on; this generation path is not supported")
+        G = min(L, len(self.history))
+        embeds = torch.stack([e for e, _ in self.history[-G:]], 1)
+        mask = torch.stack([m for _, m in self.history[-G:]], 1)
+        out = output.clone()
+        out[:, L - G:] = torch.where(mask.unsqueeze(-1), self.soft_rows(embeds), output[:, L - G:])
+        return out
+
+    def release(self) -> None:
+        self.pending_embeds = self.pending_mask = None
+        self.history = []
+
+    # ---- trace ------------------------------------------------------------------------------
+    def build_trace(self, sequences: torch.Tensor, eos_token_id) -> SoftTrace:
+        P = self.prompt_length
+        T = min(self.steps, sequences.shape[1] - P)
+        r = self.rec
+
+        def stack(name):
+            return torch.stack(r[name], 1)[:, :T]
+
+        ids, weights = stack("ids"), stack("weights")
+        noise = stack("noise") if r["noise"][0] is not None else None
+        entropy, max_prob = stack("entropy"), stack("max_prob")
+        mode, phase = stack("mode"), stack("phase")
+        B = mode.shape[0]
+        dev = mode.device
+        gen = sequences[:, P:P + T].to(dev)
+
+        if eos_token_id is None:
+            valid = torch.ones(B, T, dtype=torch.bool, device=dev)
+        else:
+            eos = torch.as_tensor(eos_token_id, device=dev).reshape(-1)
+            is_eos = torch.isin(gen, eos)
+            valid = (torch.cumsum(is_eos.to(torch.int32), 1) - is_eos.to(torch.int32)) == 0
+        mode = mode.masked_fill(~valid, MODE_HARD)
+
+        te = self.think_end_id
+        before = torch.cat([torch.ones(B, 1, dtype=phase.dtype, device=dev), phase[:, :-1]], 1)
+        ends = (before == PHASE_THINKING) & (phase != PHASE_THINKING)
+        if te is not None:
+            ends |= (before == PHASE_THINKING) & (gen == te)
+        ends &= valid
+        has_end = ends.any(1)
+        first = ends.to(torch.int32).argmax(1)
+        end_step = torch.where(has_end, first, torch.full_like(first, -1))
+        at = first.clamp(min=0).unsqueeze(1)
+        natural = torch.zeros(B, dtype=torch.bool, device=dev) if te is None else \
+            (gen.gather(1, at).squeeze(1) == te) & (mode.gather(1, at).squeeze(1) == MODE_HARD)
+        budget = torch.zeros_like(natural) if self.config.max_think_tokens is None else \
+            first >= self.config.max_think_tokens
+        reason = torch.where(natural, END_THINK_TOKEN,
+                             torch.where(budget, END_BUDGET, END_COLD_STOP))
+        reason = torch.where(has_end, reason, END_NONE).to(torch.int8)
+        # A think-end token sampled at a router-hard step is only seen by the state machine one
+        # step later: make `phase` say "answering" from every row's end step on.
+        steps = torch.arange(T, device=dev).unsqueeze(0)
+        phase = phase.masked_fill(has_end.unsqueeze(1) & (steps >= end_step.unsqueeze(1)), 0)
+
+        cfg = self.config
+        return SoftTrace(
+            ids=ids, weights=weights, noise=noise, entropy=entropy, max_prob=max_prob, mode=mode,
+            phase=phase, valid=valid, end_step=end_step, end_reason=reason,
+            seed=self.seeds.clone(),
+            offset=torch.arange(T, dtype=torch.int64, device=dev).expand(B, T).contiguous(),
+            prompt_length=P, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
+            top_p=cfg.top_p, min_p=cfg.min_p, noise_params=self.noise,
+            embed_scale=None if self.scale is None else float(self.scale),
+            think_end_id=te, max_think_tokens=cfg.max_think_tokens)
+
+
+class _SoftThinkingProcessor:
+    """Logits processor that turns thinking steps into soft steps (added by the wrapper)."""
+
+    def __init__(self, state: _CallState):
+        self.state = state
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        return self.state.step(input_ids, scores)

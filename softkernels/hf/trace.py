@@ -1,0 +1,119 @@
+"""The per-step record of a soft-thinking ``generate`` call (``output.soft_trace``).
+
+Step t of row b produced the token ``sequences[b, prompt_length + t]``. If the step was soft
+(``mode[b, t] == 1``) the model was fed, at that position, the soft token
+
+    e = embed_scale * (sum_j weights[b, t, j] * E[ids[b, t, j]]  (+ Gaussian noise))
+
+instead of ``E[sequences[b, prompt_length + t]]``. Everything needed to rebuild that input bit for
+bit, or to recompute the soft token's log-probability under new logits (SofT-GRPO), is here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from typing import Optional
+
+import torch
+
+from ..noise import Gaussian, Noise
+
+__all__ = ["SoftTrace", "MODE_HARD", "MODE_SOFT", "MODE_FORCED_END", "END_NONE",
+           "END_THINK_TOKEN", "END_BUDGET", "END_COLD_STOP", "END_REASONS"]
+
+MODE_HARD, MODE_SOFT, MODE_FORCED_END = 0, 1, 2
+END_NONE, END_THINK_TOKEN, END_BUDGET, END_COLD_STOP = 0, 1, 2, 3
+END_REASONS = {END_NONE: "still thinking", END_THINK_TOKEN: "think-end token generated",
+               END_BUDGET: "budget (max_think_tokens) reached", END_COLD_STOP: "Cold Stop"}
+
+
+@dataclass
+class SoftTrace:
+    """Per step and row record of soft thinking; B rows, T generated steps, k mixture slots.
+
+    Tensors (on the model's device):
+        ids: int64 [B, T, k] token ids of the mixture slots, by descending weight (the slot order
+            used for mixing). ``ids[:, :, 0]`` is the token emitted at soft steps.
+        weights: float32 [B, T, k] the exact mixture weights used (after filtering, Dirichlet or
+            Gumbel noise); each row sums to 1, zero beyond the surviving candidates.
+        noise: float32 [B, T, k] the perturbed log-weights g' of Gumbel noise (SofT-GRPO), in slot
+            order (-inf where the weight is 0), or None when the noise is not Gumbel.
+        entropy: float32 [B, T] entropy (nats) of softmax(scores / temperature) over the vocabulary.
+        max_prob: float32 [B, T] largest probability of that distribution.
+        mode: int8 [B, T] 0 hard, 1 soft, 2 forced think-end. Only mode 1 steps were fed a soft
+            token; everything else was fed the plain embedding of the emitted token. Steps after a
+            row finished (see ``valid``) are 0.
+        phase: int8 [B, T] 1 if the row is still thinking after the step, else 0.
+        valid: bool [B, T] False for the steps after the row generated an end-of-sequence token
+            (Hugging Face pads those positions).
+        end_step: int64 [B] the step at which the row ended thinking, -1 if it never did. With a
+            think-end token, that step emitted it; with ``think_end=None`` it is the first hard
+            step after the thought.
+        end_reason: int8 [B] why thinking ended: 0 it did not, 1 the model generated the think-end
+            token, 2 budget (max_think_tokens), 3 Cold Stop. See ``END_REASONS``.
+        seed: int64 [B] the Philox key of each row's noise.
+        offset: int64 [B, T] the Philox offset of each row's noise at each step (the step index).
+
+    Scalars (what produced the soft tokens):
+        prompt_length: columns of ``sequences`` before step 0 (the padded prompt length).
+        k, temperature, top_k, top_p, min_p: the soft-token parameters
+            (``softkernels.soft_embed``'s arguments of the same names).
+        noise_params: the noise as applied: None, Gumbel, Dirichlet, or Gaussian with
+            ``relative=False`` and the absolute sigma in embedding units (before embed_scale).
+        embed_scale: the factor the model's input embedding multiplies its rows by (Gemma:
+            sqrt(hidden_size), rounded to the embedding dtype), or None for a plain lookup.
+        think_end_id: the token that ends thinking, or None.
+        max_think_tokens: the budget, or None.
+    """
+
+    ids: torch.Tensor
+    weights: torch.Tensor
+    noise: Optional[torch.Tensor]
+    entropy: torch.Tensor
+    max_prob: torch.Tensor
+    mode: torch.Tensor
+    phase: torch.Tensor
+    valid: torch.Tensor
+    end_step: torch.Tensor
+    end_reason: torch.Tensor
+    seed: torch.Tensor
+    offset: torch.Tensor
+    prompt_length: int
+    k: int
+    temperature: float
+    top_k: int
+    top_p: float
+    min_p: float
+    noise_params: Optional[Noise]
+    embed_scale: Optional[float]
+    think_end_id: Optional[int]
+    max_think_tokens: Optional[int]
+
+    @property
+    def batch_size(self) -> int:
+        return self.mode.shape[0]
+
+    @property
+    def num_steps(self) -> int:
+        """T, the number of generated steps."""
+        return self.mode.shape[1]
+
+    @property
+    def soft(self) -> torch.Tensor:
+        """bool [B, T]: the steps that were fed a soft token."""
+        return self.mode == MODE_SOFT
+
+    @property
+    def sigma(self) -> Optional[float]:
+        """Absolute Gaussian sigma (embedding units, before embed_scale), or None."""
+        return self.noise_params.sigma if isinstance(self.noise_params, Gaussian) else None
+
+    def end_reason_text(self, row: int) -> str:
+        """Why row ``row`` ended thinking, in words."""
+        return END_REASONS[int(self.end_reason[row])]
+
+    def to(self, device) -> "SoftTrace":
+        """A copy with every tensor moved to ``device``."""
+        moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
+                 if isinstance(getattr(self, f.name), torch.Tensor)}
+        return replace(self, **moved)
