@@ -57,9 +57,13 @@ SK_DEV double key_value(uint64_t k) {
 // ~2^-22, results below 2^-126 flushed to 0: terms that small do not move an fp32 sum); exact
 // libm for double.
 SK_DEV float stats_exp2(float x) {
+#ifdef SK_EMU  // CPU emulation (tools/cuda_emu)
+  return emu_ex2_approx_ftz(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 SK_DEV double stats_exp2(double x) { return ::exp2(x); }
 template <typename T>

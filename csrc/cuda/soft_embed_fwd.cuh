@@ -706,15 +706,15 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
 
   if (a.S > 1) {
     // Publish this slice, take a ticket; the row's last block runs the epilogue.
-    __shared__ int last_flag;
+    int* last_flag = reinterpret_cast<int*>(sk_smem + fwd_smem_layout(a.pool, a.k, sizeof(T), a.stage_cap).misc) + kMiscLast;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) {
       const unsigned prev = atomicAdd(a.counters + b, 1u);
-      last_flag = prev == static_cast<unsigned>(a.S - 1) ? 1 : 0;
+      *last_flag = prev == static_cast<unsigned>(a.S - 1) ? 1 : 0;
     }
     __syncthreads();
-    if (last_flag == 0) return;
+    if (*last_flag == 0) return;
     __threadfence();
   } else {
     __syncthreads();
@@ -722,6 +722,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
   epilogue<T>(a, b, rp, params_ok, P_row, sk_smem);
 }
 
+#ifndef SK_EMU
 template <typename scalar_t>
 void launch_soft_embed_fwd(const FwdArgs& a, int smem_bytes, cudaStream_t stream) {
   auto kernel = soft_embed_fwd_kernel<scalar_t>;
@@ -735,5 +736,6 @@ void launch_soft_embed_fwd(const FwdArgs& a, int smem_bytes, cudaStream_t stream
   const cudaError_t err = cudaGetLastError();
   if (err != cudaSuccess) throw_cuda_error(err, "soft_embed_fwd launch");
 }
+#endif
 
 }  // namespace softkernels::cuda
