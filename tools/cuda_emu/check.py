@@ -138,6 +138,16 @@ def pools_and_filters(quick):
 
 
 @case
+def merge_paths(quick):
+    # staged lists but too many heads (P = 200, S = 10): the last-entry threshold, bitonic merge
+    torch.manual_seed(12)
+    logits = (torch.randn(2, 80000) * 2).to(torch.bfloat16)
+    emb = torch.randn(80000, 8)
+    both(logits, emb, "top_k 200", k=10, top_k=200, temperature=0.8)
+    both(logits, emb, "top_k 100 gumbel", k=20, top_k=100, noise=NOISES["gumbel"], seed=4)
+
+
+@case
 def ties_and_masks(quick):
     B, V = 3, 40000
     for kind in ["integer_ties", "all_equal", "mostly_masked", "few_finite", "negative_zero"]:
@@ -268,6 +278,9 @@ def main():
             failed += 1
             print(f"FAIL  {name} ({time.time() - t:.1f}s): {type(e).__name__}: {e}"[:2000],
                   flush=True)
+    print("paths taken (blocks or rows):")
+    for line in sorted(torch.ops.skemu.counters().split()):
+        print("   ", line)
     print("emu check:", "FAILED" if failed else "ok")
     sys.exit(1 if failed else 0)
 

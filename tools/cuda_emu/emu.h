@@ -259,6 +259,24 @@ inline void run_block(uint3 bid, dim3 gdim, int threads, std::function<void()> b
 
 }  // namespace emu
 
+// ---- coverage counters (SK_EMU_COUNT in the kernel sources; no-op on real builds) -----------
+namespace emu {
+inline std::vector<std::pair<std::string, long>>& counters() {
+  static std::vector<std::pair<std::string, long>> c;
+  return c;
+}
+inline void count(const char* name) {
+  for (auto& [n, v] : counters()) {
+    if (n == name) {
+      ++v;
+      return;
+    }
+  }
+  counters().emplace_back(name, 1);
+}
+}  // namespace emu
+#define SK_EMU_COUNT(name) ::emu::count(name)
+
 // ---- built-in variables ---------------------------------------------------------------------
 #define threadIdx (::emu::rt().fibers[::emu::rt().cur].tid)
 #define blockIdx (::emu::rt().bid)
@@ -405,7 +423,7 @@ T atomicCAS(T* p, T cmp, T v) {
   return old;
 }
 
-// ---- bit casts and rounding-mode arithmetic ---------------------------------------------------------
+// ---- bit casts and rounding-mode arithmetic ------------------------------------------------
 inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
 inline unsigned __float_as_uint(float f) { return std::bit_cast<unsigned>(f); }
 inline float __int_as_float(int u) { return std::bit_cast<float>(u); }

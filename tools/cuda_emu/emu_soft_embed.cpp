@@ -103,6 +103,14 @@ SoftEmbedOutputs soft_embed_emu(const at::Tensor& logits, const at::Tensor& embe
   return outs;
 }
 
+// Path counters (per thread that passed the SK_EMU_COUNT), as "name=count" lines; reset after.
+std::string counters() {
+  std::string out;
+  for (const auto& [n, v] : ::emu::counters()) out += n + "=" + std::to_string(v) + "\n";
+  ::emu::counters().clear();
+  return out;
+}
+
 }  // namespace softkernels::emu_harness
 
 TORCH_LIBRARY(skemu, m) {
@@ -115,6 +123,7 @@ TORCH_LIBRARY(skemu, m) {
       "(Tensor embeds, Tensor ids, Tensor weights, Tensor entropy, Tensor max_prob, "
       "Tensor noise, Tensor status)");
   m.def("configure(int seed, bool random_threads, bool random_blocks) -> ()");
+  m.def("counters() -> str");
 }
 
 TORCH_LIBRARY_IMPL(skemu, CPU, m) {
@@ -122,4 +131,5 @@ TORCH_LIBRARY_IMPL(skemu, CPU, m) {
 }
 TORCH_LIBRARY_IMPL(skemu, CatchAll, m) {
   m.impl("configure", &softkernels::emu_harness::configure);
+  m.impl("counters", &softkernels::emu_harness::counters);
 }
