@@ -1032,7 +1032,9 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
   const scalar_t* xs = static_cast<const scalar_t*>(a.logits) + b * a.logits_stride + lo;
   const bool fast = Ls == kSlice && aligned16(xs);  // uniform
   uint4 raw[CPT];
-  if (fast) load_raw<scalar_t>(xs, raw);  // in flight while the row's parameters are read
+  // In flight while the row's parameters are read. (fp64 logits spill here as much as when
+  // loading after them, as before: that path serves tests and gradcheck, not speed.)
+  if (fast) load_raw<scalar_t>(xs, raw);
 
   const RowParams<T> rp = a.rs.row<T>(b);
   const int64_t prow = row_pool_size(a.V, a.k, rp.top_k, a.np.kind == kNoiseDirichlet);
