@@ -96,18 +96,23 @@ SK_DEV void fence_acq_rel_gpu() {
 #endif
 }
 
-// Hint: bring [p, p + bytes) into L2 (bulk prefetch on sm_90, else one prefetch per 128 bytes).
+// Hint: bring [p, p + bytes) into L2, at most its first 64 KB (bulk prefetches of <= 16 KB on
+// sm_90, else one prefetch per 128 bytes).
 SK_DEV void prefetch_l2(const void* p, uint32_t bytes) {
 #ifndef SK_EMU
+  constexpr uint32_t kMax = 64u << 10, kChunk = 16u << 10;
+  bytes = bytes < kMax ? bytes : kMax;
+  const char* c = static_cast<const char*>(p);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   if ((reinterpret_cast<uintptr_t>(p) & 15u) == 0 && (bytes & 15u) == 0) {
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+    for (uint32_t o = 0; o < bytes; o += kChunk) {
+      const uint32_t n = bytes - o < kChunk ? bytes - o : kChunk;
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(c + o), "r"(n) : "memory");
+    }
     return;
   }
 #endif
-  for (uint32_t o = 0; o < bytes; o += 128) {
-    asm volatile("prefetch.global.L2 [%0];" ::"l"(static_cast<const char*>(p) + o));
-  }
+  for (uint32_t o = 0; o < bytes; o += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"(c + o));
 #endif
 }
 
