@@ -15,7 +15,7 @@ DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 SOURCES := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt pyproject.toml
 
-.PHONY: all install demo test test-fast cuda-check bench bench-generate clean
+.PHONY: all install demo test test-fast cuda-check emu-check bench bench-generate clean
 
 all: install
 
@@ -47,6 +47,13 @@ cuda-check: $(DEPS_STAMP)
 	    -DSOFTKERNELS_CUDA=OFF -DSOFTKERNELS_CUDA_COMPILE_CHECK=ON >/dev/null && \
 	  $(VENV)/bin/cmake --build build/cuda-check --target softkernels_cuda_check; \
 	else echo "cuda-check: nvcc not found, CUDA compile check skipped"; fi
+
+# Runs the CUDA forward kernel's device code on the CPU (fiber per thread, tools/cuda_emu) against
+# the CPU kernel: needs the CUDA headers (nvcc's include directory), not a GPU.
+emu-check: install
+	@if [ -f "$${CUDA_HOME:-/usr/local/cuda}/include/cuda_runtime.h" ]; then \
+	  $(PY) tools/cuda_emu/check.py; \
+	else echo "emu-check: CUDA headers not found, emulation check skipped"; fi
 
 test: install cuda-check
 	$(PY) -m pytest -q

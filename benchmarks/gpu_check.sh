@@ -2,11 +2,11 @@
 # GPU check of the CUDA kernels on a machine with an NVIDIA GPU, a CUDA torch and no network:
 # build the extension, run the CUDA tests, compute-sanitizer, the benchmarks; print a short table
 # LAST. Full logs go to OUT (default ./out): build.log, tests.log, sanitize.log, gpu_check.log
-# (+ whatever benchmarks/bench_soft_embed.py writes). Budget: ~8 minutes on an H100; every stage
-# has a timeout and the script keeps going where it can.
+# (+ whatever benchmarks/bench_soft_embed.py writes). Budget: SK_BUDGET_S (400 s) on an H100;
+# every stage has a timeout and the script keeps going where it can.
 #
 # usage: OUT=/path/to/out bash benchmarks/gpu_check.sh        (or: bash benchmarks/gpu_check.sh OUT)
-# env:   PYTHON (default python3), SK_BUDGET_S (default 470: later stages shrink to fit),
+# env:   PYTHON (default python3), SK_BUDGET_S (default 400: later stages shrink to fit),
 #        SK_SKIP_SANITIZER=1, SK_SKIP_BENCH=1, SK_SKIP_TESTS=1, SK_SKIP_BUILD=1
 set -uo pipefail
 
@@ -18,7 +18,7 @@ PY="${PYTHON:-python3}"
 LOG="$OUT/gpu_check.log"
 : >"$LOG"
 T0=$(date +%s)
-BUDGET="${SK_BUDGET_S:-470}"
+BUDGET="${SK_BUDGET_S:-400}"
 
 log() { echo "$@" | tee -a "$LOG"; }
 elapsed() { echo $(( $(date +%s) - T0 )); }
@@ -34,6 +34,7 @@ stage_limit() {
 declare -A RES
 RES[build]="not run"; RES[smoke]="not run"; RES[tests]="not run"; RES[memcheck]="not run"
 RES[racecheck]="not run"; RES[synccheck]="not run"; RES[bench]="not run"; RES[quick]="not run"
+RES[diag]="not run"
 
 log "=== gpu_check $(date -u +%Y-%m-%dT%H:%M:%SZ) in $(pwd), OUT=$OUT"
 log "--- git: $(git rev-parse --short HEAD 2>/dev/null) $(git status --porcelain 2>/dev/null | wc -l) changed files"
@@ -211,8 +212,16 @@ if (( BUILD_OK )) && [[ "${SK_SKIP_SANITIZER:-0}" != 1 ]]; then
 fi
 
 # ---------------------------------------------------------------------------------------------
-# Benchmarks: the quick device timing, then the lead's benchmark if present
+# Benchmarks: the forward's device time on diagnostic shapes, the quick device timing, then the
+# lead's benchmark if present
 if (( BUILD_OK )) && [[ "${SK_SKIP_BENCH:-0}" != 1 ]]; then
+  if [[ -f benchmarks/cuda_diag.py ]]; then
+    lim=$(stage_limit 90 60)
+    log "--- cuda_diag (timeout ${lim}s)"
+    timeout -k 5 "$lim" "$PY" benchmarks/cuda_diag.py >>"$LOG" 2>&1
+    rc=$?
+    RES[diag]=$([[ $rc == 0 ]] && echo ok || echo "rc $rc")
+  fi
   lim=$(stage_limit 60 30)
   log "--- quick bench (timeout ${lim}s)"
   timeout -k 5 "$lim" "$PY" benchmarks/cuda_quick_bench.py >>"$LOG" 2>&1
@@ -242,6 +251,8 @@ fi
   fi
   [[ -n "$SAN_DETAILS" ]] && echo "$SAN_DETAILS"
   if [[ -f "$OUT/bench.log" ]]; then echo "--- bench_soft_embed.py (last lines)"; tail -20 "$OUT/bench.log" | cut -c1-200; fi
+  echo "--- cuda_diag (device us per call, CUDA graph)"
+  grep "^diag:" "$LOG" | cut -c7-
   echo "--- quick bench"
   grep "^quick_bench:" "$LOG" | cut -c14-
   echo
@@ -253,6 +264,7 @@ fi
   printf "%-10s %s\n" "memcheck" "${RES[memcheck]}"
   printf "%-10s %s\n" "racecheck" "${RES[racecheck]}"
   printf "%-10s %s\n" "synccheck" "${RES[synccheck]}"
+  printf "%-10s %s\n" "diag" "${RES[diag]}"
   printf "%-10s %s\n" "quickbench" "${RES[quick]}"
   printf "%-10s %s\n" "bench" "${RES[bench]}"
   printf "%-10s %s\n" "time" "$(elapsed)s total; logs in $OUT"

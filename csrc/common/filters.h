@@ -136,6 +136,62 @@ SK_HD T finish_row_e(const Candidate<T>* pool, int i) {
   return sk_exp(pool[i].z - pool[0].z);
 }
 
+// The per-entry rules of finish_row's filters, shared by the CPU's sequential loops (finish_row)
+// and the CUDA kernel's warp-parallel epilogue (csrc/cuda/soft_embed_fwd.cuh). The two differ only
+// in the order in which they add up sums (the top_k normaliser, the top_p prefix mass, the weight
+// normaliser): sequential here, warp trees on the GPU, so a top_p decision taken within an ulp of
+// its limit can differ between devices.
+template <typename T>
+SK_HD bool top_k_on(const RowParams<T>& rp, int64_t V) {
+  return rp.top_k > 0 && rp.top_k < V;
+}
+
+// Entries left after top_k, of the n0 with nonzero probability.
+template <typename T>
+SK_HD int top_k_count(int n0, const RowParams<T>& rp, int64_t V) {
+  return top_k_on(rp, V) ? static_cast<int>(sk_min<int64_t>(n0, rp.top_k)) : n0;
+}
+
+// top_p's normaliser without top_k: the full softmax sum, rebased to the pool's max m.
+template <typename T>
+SK_HD T full_softmax_norm(const RowStats<T>& st, T m) {
+  return st.s * sk_exp(st.m - m);
+}
+
+// top_p keeps entry i (in pool order) iff it is the first one or the mass kept before it is
+// below limit = top_p * norm.
+template <typename T>
+SK_HD bool top_p_keeps(int i, T mass_before, T limit) {
+  return i == 0 || mass_before < limit;
+}
+
+// min_p: p_i >= min_p * p_max  <=>  e_i >= min_p (e_0 = 1 is the max).
+template <typename T>
+SK_HD bool min_p_keeps(T e, T min_p) {
+  return e >= min_p;
+}
+
+// Gumbel: g' = log w + scale * clamp(g, lo, hi); the new weights are softmax(g' / tau).
+template <typename T>
+struct GumbelConsts {
+  T scale, lo, hi, inv_tau;
+};
+template <typename T>
+SK_HD GumbelConsts<T> gumbel_consts(const NoiseParams& np) {
+  return GumbelConsts<T>{static_cast<T>(np.scale), static_cast<T>(np.clamp_lo),
+                         static_cast<T>(np.clamp_hi), T(1) / static_cast<T>(np.tau)};
+}
+template <typename T>
+SK_HD T gumbel_key(T w, T g, const GumbelConsts<T>& gc) {
+  g = sk_min(sk_max(g, gc.lo), gc.hi);
+  return sk_log(w) + gc.scale * g;  // -inf where w == 0
+}
+// Unnormalised new weight of a slot with key gp; top = the largest key of the row.
+template <typename T>
+SK_HD T gumbel_weight(T gp, T top, const GumbelConsts<T>& gc) {
+  return gp == -sk_inf<T>() ? T(0) : sk_exp((gp - top) * gc.inv_tau);
+}
+
 // Computes the k output slots of a soft (non-hard) row.
 //   pool[0..pool_n): the row's best candidates, sorted by `better`; pool_n >= k.
 //   st: the row's softmax statistics (st.m == pool[0].z).
@@ -156,32 +212,31 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
     }
   }
   // 2. top_k.
-  const bool top_k_on = rp.top_k > 0 && rp.top_k < V;
-  int n1 = top_k_on ? static_cast<int>(sk_min<int64_t>(n0, rp.top_k)) : n0;
+  const int n1 = top_k_count(n0, rp, V);
   // 3. top_p: keep while the mass kept before an entry is < top_p (the first always stays),
   //    mass measured after top_k's renormalisation.
   int n2 = n1;
   if (rp.top_p < T(1)) {
     T norm = T(0);
-    if (top_k_on) {
+    if (top_k_on(rp, V)) {
       for (int i = 0; i < n1; ++i) norm += sc.e[i];
     } else {
-      norm = st.s * sk_exp(st.m - m);  // full softmax sum, rebased to m
+      norm = full_softmax_norm(st, m);
     }
     const T limit = rp.top_p * norm;
     T cum = T(0);
     n2 = 0;
     for (int i = 0; i < n1; ++i) {
-      if (i > 0 && !(cum < limit)) break;
+      if (!top_p_keeps(i, cum, limit)) break;
       cum += sc.e[i];
       n2 = i + 1;
     }
   }
-  // 4. min_p: p_i >= min_p * p_max  <=>  e_i >= min_p.
+  // 4. min_p.
   int n3 = n2;
   if (rp.min_p > T(0)) {
     n3 = 0;
-    for (int i = 0; i < n2 && sc.e[i] >= rp.min_p; ++i) n3 = i + 1;
+    for (int i = 0; i < n2 && min_p_keeps(sc.e[i], rp.min_p); ++i) n3 = i + 1;
   }
   const int nk = sk_min(k, n3);
 
@@ -214,23 +269,19 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
 
   // 8. Gumbel: g' = log w + scale * clamp(g, lo, hi); w = softmax(g' / tau); re-sort.
   if (np.kind == kNoiseGumbel) {
-    const T scale = static_cast<T>(np.scale), lo = static_cast<T>(np.clamp_lo),
-            hi = static_cast<T>(np.clamp_hi), inv_tau = T(1) / static_cast<T>(np.tau);
+    const GumbelConsts<T> gc = gumbel_consts<T>(np);
     // key is indexed by pool index so that ties resolve by pool order.
     T top = -sk_inf<T>();
     for (int j = 0; j < nk; ++j) {
       const int i = sc.order[j];
-      T g = gumbel_noise<T>(rp.seed, rp.offset, pool[i].id);
-      g = sk_min(sk_max(g, lo), hi);
-      const T gp = sk_log(out_w[j]) + scale * g;  // -inf where w == 0
+      const T gp = gumbel_key(out_w[j], gumbel_noise<T>(rp.seed, rp.offset, pool[i].id), gc);
       sc.key[i] = gp;
       top = sk_max(top, gp);
     }
     sort_indices_by_key_desc(sc.key, sc.order, nk);
     T sum = T(0);
     for (int j = 0; j < nk; ++j) {
-      const T gp = sc.key[sc.order[j]];
-      out_w[j] = gp == -sk_inf<T>() ? T(0) : sk_exp((gp - top) * inv_tau);
+      out_w[j] = gumbel_weight(sc.key[sc.order[j]], top, gc);
       sum += out_w[j];
     }
     for (int j = 0; j < nk; ++j) {

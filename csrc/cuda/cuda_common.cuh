@@ -21,6 +21,10 @@
 namespace softkernels::cuda {
 
 #define SK_DEV __device__ __forceinline__
+// Path coverage counters of the CPU emulation (tools/cuda_emu); nothing on real builds.
+#ifndef SK_EMU_COUNT
+#define SK_EMU_COUNT(name) ((void)0)
+#endif
 
 constexpr int kWarp = 32;
 
@@ -57,9 +61,13 @@ SK_DEV double key_value(uint64_t k) {
 // ~2^-22, results below 2^-126 flushed to 0: terms that small do not move an fp32 sum); exact
 // libm for double.
 SK_DEV float stats_exp2(float x) {
+#ifdef SK_EMU  // CPU emulation (tools/cuda_emu)
+  return emu_ex2_approx_ftz(x);
+#else
   float y;
   asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
   return y;
+#endif
 }
 SK_DEV double stats_exp2(double x) { return ::exp2(x); }
 template <typename T>
@@ -231,6 +239,12 @@ SK_DEV bool cand_better(T za, int32_t ia, T zb, int32_t ib) {
   return better(Candidate<T>{za, ia}, Candidate<T>{zb, ib});
 }
 
+// cand_better as 0 / 1 without branches (both loads unconditional), for rank counting.
+template <typename T>
+SK_DEV int better_i(T za, int32_t ia, T zb, int32_t ib) {
+  return static_cast<int>(za > zb) | (static_cast<int>(za == zb) & static_cast<int>(ia < ib));
+}
+
 // ---- radix select ------------------------------------------------------------------------------
 // Selects exactly `needed` items of a block-distributed set under the order of `better` (larger z
 // first, equal z by lower id) without sorting: passes over the bytes of (key(z), ~id), most
@@ -331,7 +345,7 @@ SK_DEV void sort_take(T* z, int32_t* id, int n, int take, int cap, Out&& out) {
       const T zi = z[i];
       const int32_t ii = id[i];
       int rank = 0;
-      for (int j = 0; j < n; ++j) rank += cand_better(z[j], id[j], zi, ii) ? 1 : 0;
+      for (int j = 0; j < n; ++j) rank += better_i(z[j], id[j], zi, ii);
       if (rank < take) out(rank, zi, ii);
     }
     __syncthreads();

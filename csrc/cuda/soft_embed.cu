@@ -13,6 +13,7 @@
 #include <limits>
 
 #include "cuda/soft_embed_fwd.h"
+#include "cuda/soft_embed_fwd_host.h"
 #include "soft_embed_host.h"
 
 namespace softkernels::cuda {
@@ -34,8 +35,6 @@ int dtype_tag(at::ScalarType t, const char* name) {
   }
   return 0;
 }
-
-int64_t align256(int64_t x) { return (x + 255) / 256 * 256; }
 
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw_cuda_error(err, what);
@@ -65,75 +64,27 @@ SoftEmbedOutputs soft_embed_cuda(const at::Tensor& logits, const at::Tensor& emb
   const c10::cuda::CUDAGuard guard(logits.device());
   SoftEmbedOutputs outs = allocate_outputs(logits, embedding, k, noise_kind);
   if (sh.B == 0) return outs;
-  auto& [embeds, ids, weights, entropy, max_prob, noise, status] = outs;
 
-  const int64_t S = (sh.V + kSlice - 1) / kSlice;
-  TORCH_CHECK(sh.B * S <= std::numeric_limits<int32_t>::max(),
+  const FwdPlan plan = plan_fwd(sh, ltag == kTagF64);
+  TORCH_CHECK(sh.B * plan.S <= std::numeric_limits<int32_t>::max(),
               "softkernels: B * ceil(V / 8192) must be below 2^31 on CUDA");
-  const int P = static_cast<int>(sh.pool);
-  const int tsize = ltag == kTagF64 ? 8 : 4;
-  int stage_cap = 0;
-  if (S > 1) {
-    const int64_t last = sh.V - (S - 1) * kSlice;
-    const int64_t nmax = (S - 1) * std::min<int64_t>(P, kSlice) + std::min<int64_t>(P, last);
-    stage_cap = static_cast<int>(std::min<int64_t>(nmax, kStageMax));
-  }
-  const FwdSmem layout = fwd_smem_layout(P, static_cast<int>(k), tsize, stage_cap);
-  const int smem = layout.total;
+  const int smem = plan.smem;
   if (smem > kSmemDefault) {
     int dev = 0, optin = 0;
     check_cuda(cudaGetDevice(&dev), "cudaGetDevice");
     check_cuda(cudaDeviceGetAttribute(&optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, dev),
                "cudaDeviceGetAttribute");
     TORCH_CHECK(smem + 1024 <= optin, "softkernels: soft_embed needs ", smem,
-                " bytes of shared memory per block (pool ", P, ", k ", k, "), the device allows ",
-                optin);
+                " bytes of shared memory per block (pool ", plan.P, ", k ", k,
+                "), the device allows ", optin);
   }
 
-  // Workspace: [counters B x u32][stats B*S][cand z B*S*P][cand id B*S*P].
-  const int64_t parts = sh.B * S;
-  const int64_t stats_bytes =
-      parts * static_cast<int64_t>(tsize == 8 ? sizeof(PartialStats<double>)
-                                              : sizeof(PartialStats<float>));
-  const int64_t off_stats = align256(S > 1 ? sh.B * 4 : 0);
-  const int64_t off_z = off_stats + align256(stats_bytes);
-  const int64_t off_id = off_z + align256(parts * P * tsize);
-  const int64_t ws_bytes = off_id + align256(parts * P * 4);
-  at::Tensor ws = at::empty({ws_bytes}, logits.options().dtype(at::kByte));
+  at::Tensor ws = at::empty({plan.ws_bytes}, logits.options().dtype(at::kByte));
   auto* base = static_cast<unsigned char*>(ws.data_ptr());
-
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  if (S > 1) check_cuda(cudaMemsetAsync(base, 0, sh.B * 4, stream), "cudaMemsetAsync");
-
-  FwdArgs a{};
-  a.logits = logits.data_ptr();
-  a.logits_stride = sh.logits_stride;
-  a.emb = embedding.data_ptr();
-  a.emb_stride = sh.emb_stride;
-  a.emb_tag = etag;
-  a.B = sh.B;
-  a.V = sh.V;
-  a.D = sh.D;
-  a.k = static_cast<int>(k);
-  a.pool = P;
-  a.S = static_cast<int>(S);
-  a.L = kSlice;
-  a.stage_cap = stage_cap;
-  a.rs = rs;
-  a.np = np;
-  a.hard = hard ? hard->data_ptr<bool>() : nullptr;
-  a.hard_ids = hard_ids ? hard_ids->data_ptr<int64_t>() : nullptr;
-  a.embeds = embeds.data_ptr();
-  a.ids = ids.data_ptr<int64_t>();
-  a.weights = weights.data_ptr();
-  a.entropy = entropy.data_ptr();
-  a.max_prob = max_prob.data_ptr();
-  a.noise = noise_kind == kNoiseGumbel ? noise.data_ptr() : nullptr;
-  a.status = status.data_ptr<int32_t>();
-  a.ws_stats = base + off_stats;
-  a.ws_z = base + off_z;
-  a.ws_id = reinterpret_cast<int32_t*>(base + off_id);
-  a.counters = reinterpret_cast<unsigned int*>(base);
+  if (plan.S > 1) check_cuda(cudaMemsetAsync(base, 0, sh.B * 4, stream), "cudaMemsetAsync");
+  const FwdArgs a = make_fwd_args(logits, embedding, sh, rs, np, hard, hard_ids, etag, outs, plan,
+                                  base);
 
   switch (ltag) {
     case kTagF32: launch_soft_embed_fwd<float>(a, smem, stream); break;

@@ -86,7 +86,7 @@ struct FwdSmem {
 };
 
 constexpr int kMiscInts = 32;  // [0] last-block flag, [1..3] radix broadcast, [4..7] row values,
-                               // [8..15] per-warp sums of block scans
+                               // [8..15] per-warp sums of block scans, [16] merge threshold id
 
 SK_HD FwdSmem fwd_smem_layout(int P, int k, int tsize, int stage_cap) {
   FwdSmem L;

@@ -1,0 +1,135 @@
+// The CUDA soft_embed forward kernel (csrc/cuda/soft_embed_fwd.cuh) run on the CPU under the
+// fiber emulator (emu.h): same plan, workspace and argument block as csrc/cuda/soft_embed.cu, CPU
+// tensors. Registered as skemu::soft_embed with the schema of softkernels::soft_embed, plus
+// skemu::configure(seed, random_threads, random_blocks).
+#include <torch/library.h>
+
+#include <numeric>
+
+#include "cuda/soft_embed_fwd.cuh"
+#include "cuda/soft_embed_fwd_host.h"
+#include "soft_embed_host.h"
+
+namespace softkernels::cuda {
+// The kernel's dynamic shared memory (blocks run one at a time).
+alignas(16) unsigned char sk_smem[256 * 1024];
+}  // namespace softkernels::cuda
+
+namespace softkernels::emu_harness {
+using namespace softkernels::cuda;
+
+struct Config {
+  int64_t seed = 1;
+  bool random_threads = true;
+  bool random_blocks = true;
+};
+Config g_cfg;
+
+void configure(int64_t seed, bool random_threads, bool random_blocks) {
+  g_cfg.seed = seed;
+  g_cfg.random_threads = random_threads;
+  g_cfg.random_blocks = random_blocks;
+}
+
+int dtype_tag(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat: return kTagF32;
+    case at::kDouble: return kTagF64;
+    case at::kBFloat16: return kTagBF16;
+    case at::kHalf: return kTagF16;
+    default: TORCH_CHECK(false, "skemu: bad dtype");
+  }
+  return 0;
+}
+
+template <typename scalar_t>
+void emulate(const FwdArgs& a, int smem) {
+  TORCH_CHECK(smem <= static_cast<int>(sizeof(sk_smem)), "skemu: shared memory too large");
+  const unsigned blocks = static_cast<unsigned>(a.B * a.S);
+  std::vector<unsigned> order(blocks);
+  std::iota(order.begin(), order.end(), 0u);
+  ::emu::Runtime& r = ::emu::rt();
+  r.rng.seed(static_cast<uint64_t>(g_cfg.seed));
+  r.random_order = g_cfg.random_threads;
+  if (g_cfg.random_blocks) std::shuffle(order.begin(), order.end(), r.rng);
+  for (unsigned blk : order) {
+    std::memset(sk_smem, 0xFF, static_cast<size_t>(smem));  // uninitialised shared memory
+    ::emu::run_block(uint3{blk, 0, 0}, dim3(blocks, 1, 1), kThreads,
+                     [&] { soft_embed_fwd_kernel<scalar_t>(a); });
+  }
+}
+
+SoftEmbedOutputs soft_embed_emu(const at::Tensor& logits, const at::Tensor& embedding, int64_t k,
+                                double temperature, int64_t top_k, double top_p, double min_p,
+                                int64_t seed, int64_t offset, const OptTensor& temperature_rows,
+                                const OptTensor& top_k_rows, const OptTensor& top_p_rows,
+                                const OptTensor& min_p_rows, const OptTensor& seed_rows,
+                                const OptTensor& offset_rows, const OptTensor& hard,
+                                const OptTensor& hard_ids, int64_t noise_kind, double tau,
+                                double scale, double clamp_lo, double clamp_hi, double alpha,
+                                double sigma, int64_t pool) {
+  const SoftEmbedShape sh = make_shape(logits, embedding, k, pool);
+  const RowParamSource rs =
+      make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
+                      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows);
+  const NoiseParams np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
+  check_hard(hard, hard_ids, logits);
+  const int ltag = dtype_tag(logits.scalar_type());
+  const int etag = dtype_tag(embedding.scalar_type());
+  SoftEmbedOutputs outs = allocate_outputs(logits, embedding, k, noise_kind);
+  // Outputs the kernel must write: poison them so that an unwritten value shows.
+  std::get<0>(outs).fill_(std::numeric_limits<double>::quiet_NaN());
+  std::get<1>(outs).fill_(-7);
+  std::get<2>(outs).fill_(std::numeric_limits<double>::quiet_NaN());
+  std::get<3>(outs).fill_(std::numeric_limits<double>::quiet_NaN());
+  std::get<4>(outs).fill_(std::numeric_limits<double>::quiet_NaN());
+  std::get<5>(outs).fill_(std::numeric_limits<double>::quiet_NaN());
+  std::get<6>(outs).fill_(-7);
+  if (sh.B == 0) return outs;
+  const FwdPlan plan = plan_fwd(sh, ltag == kTagF64);
+  TORCH_CHECK(plan.smem + 1024 <= 227 * 1024, "skemu: shared memory beyond an H100's");
+  at::Tensor ws = at::empty({plan.ws_bytes}, logits.options().dtype(at::kByte));
+  ws.fill_(0xFF);  // uninitialised workspace
+  auto* base = static_cast<unsigned char*>(ws.data_ptr());
+  if (plan.S > 1) std::memset(base, 0, static_cast<size_t>(sh.B) * 4);
+  const FwdArgs a =
+      make_fwd_args(logits, embedding, sh, rs, np, hard, hard_ids, etag, outs, plan, base);
+  switch (ltag) {
+    case kTagF32: emulate<float>(a, plan.smem); break;
+    case kTagF64: emulate<double>(a, plan.smem); break;
+    case kTagBF16: emulate<c10::BFloat16>(a, plan.smem); break;
+    default: emulate<c10::Half>(a, plan.smem); break;
+  }
+  return outs;
+}
+
+// Path counters (per thread that passed the SK_EMU_COUNT), as "name=count" lines; reset after.
+std::string counters() {
+  std::string out;
+  for (const auto& [n, v] : ::emu::counters()) out += n + "=" + std::to_string(v) + "\n";
+  ::emu::counters().clear();
+  return out;
+}
+
+}  // namespace softkernels::emu_harness
+
+TORCH_LIBRARY(skemu, m) {
+  m.def(
+      "soft_embed(Tensor logits, Tensor embedding, int k, float temperature, int top_k, "
+      "float top_p, float min_p, int seed, int offset, Tensor? temperature_rows, "
+      "Tensor? top_k_rows, Tensor? top_p_rows, Tensor? min_p_rows, Tensor? seed_rows, "
+      "Tensor? offset_rows, Tensor? hard, Tensor? hard_ids, int noise_kind, float tau, "
+      "float scale, float clamp_lo, float clamp_hi, float alpha, float sigma, int pool) -> "
+      "(Tensor embeds, Tensor ids, Tensor weights, Tensor entropy, Tensor max_prob, "
+      "Tensor noise, Tensor status)");
+  m.def("configure(int seed, bool random_threads, bool random_blocks) -> ()");
+  m.def("counters() -> str");
+}
+
+TORCH_LIBRARY_IMPL(skemu, CPU, m) {
+  m.impl("soft_embed", &softkernels::emu_harness::soft_embed_emu);
+}
+TORCH_LIBRARY_IMPL(skemu, CatchAll, m) {
+  m.impl("configure", &softkernels::emu_harness::configure);
+  m.impl("counters", &softkernels::emu_harness::counters);
+}
