@@ -10,6 +10,7 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # noqa: F401  (registers torch.ops.softkernels.*)
 from .noise import Dirichlet, Gaussian, Gumbel
 from .logprob import gaussian_logprob, gumbel_logprob
+from .mix import mix_embeddings
 from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
 from .soft_tokens import SoftTokens
@@ -19,4 +20,4 @@ __version__ = "0.1.0"
 
 __all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet",
            "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
-           "ColdStop", "ConfidenceRouter", "SoftTrace", "__version__"]
+           "ColdStop", "ConfidenceRouter", "SoftTrace", "mix_embeddings", "__version__"]
