@@ -14,10 +14,12 @@ from .mix import mix_embeddings
 from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
 from .soft_tokens import SoftTokens
-from .hf import ColdStop, ConfidenceRouter, SoftThinkingConfig, SoftTrace, patch, unpatch
+from .hf import (ColdStop, ConfidenceRouter, SoftThinkingConfig, SoftTrace, patch,
+                 soft_inputs_from_trace, unpatch)
 
 __version__ = "0.1.0"
 
 __all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet",
            "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
-           "ColdStop", "ConfidenceRouter", "SoftTrace", "mix_embeddings", "__version__"]
+           "ColdStop", "ConfidenceRouter", "SoftTrace", "mix_embeddings", "soft_inputs_from_trace",
+           "__version__"]
