@@ -224,3 +224,16 @@ def test_bad_arguments(models):
     with pytest.raises(ValueError, match="recorded with embed_scale None but this embedding "
                                          "module scales its rows by"):
         sk.soft_inputs_from_trace(tr, gemma, seq)
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_bfloat16_model(family):
+    """A bfloat16 model: soft tokens mixed in fp32 and rounded to bfloat16, Gemma's scale in
+    bfloat16, Gaussian noise; still bitwise."""
+    m = make_model(family).to(torch.bfloat16)
+    config = sk.SoftThinkingConfig(k=4, noise=sk.Gaussian(0.5), seed=3, think_end=TE,
+                                   max_think_tokens=7)
+    torch.manual_seed(0)
+    out, _, fed = rollout(m, config, do_sample=True)
+    assert fed.dtype == torch.bfloat16 and (out.soft_trace.mode == 1).any()
+    check_bitwise(m, out, fed)
