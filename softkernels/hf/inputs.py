@@ -125,7 +125,7 @@ def soft_inputs_from_trace(
     if T == 0:
         return plain
     gaussian = isinstance(trace.noise_params, Gaussian)
-    # Every step is mixed (no host sync, no data-dependent shapes); torch.where keeps the soft
+    # Every step is mixed (no data-dependent shapes); torch.where keeps the soft
     # ones. Non-soft steps still hold valid slots (soft_embed ran on every row).
     soft = mix_embeddings(weight, trace.ids, trace.weights,
                           noise=trace.noise_params if gaussian else None,
