@@ -32,6 +32,15 @@ TORCH_LIBRARY(softkernels, m) {
       "Tensor logits, Tensor embedding, Tensor ids, Tensor weights, Tensor noise, Tensor? hard, "
       "float temperature, Tensor? temperature_rows, int noise_kind, float tau, "
       "bool logits_grad, bool embedding_grad) -> (Tensor grad_logits, Tensor grad_embedding)");
+  // The embedding mixture of soft_embed on given slots: embeds[n] = sum_j weights[n, j] *
+  // embedding[ids[n, j]] (+ sigma * N(0, I) keyed by the row's seed and offset when gaussian),
+  // with the same fp32 accumulation as soft_embed (slot order, zero weights skipped), so that the
+  // ids and weights soft_embed returned give back its embeds bit for bit. ids int64 [N, k],
+  // weights float32 / float64 [N, k]; seed / offset per row from the optional [N] int64 tensors,
+  // else the scalars. A row with a weighted id outside [0, V_e) comes back as NaN.
+  m.def(
+      "mix_embeddings(Tensor embedding, Tensor ids, Tensor weights, int seed, int offset, "
+      "Tensor? seed_rows, Tensor? offset_rows, bool gaussian, float sigma) -> Tensor");
   // One decoding step of the per-row thinking state machine (csrc/common/route.h): Cold Stop,
   // ThinkRouter confidence routing and the thinking budget, for all rows at once, no host sync.
   // phase int8 [B] (1 thinking, 0 answering), low_count / think_steps int32 [B]; returns the

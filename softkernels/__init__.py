@@ -10,13 +10,16 @@ import torch  # noqa: F401  (loads libtorch before the extension)
 from . import _C  # noqa: F401  (registers torch.ops.softkernels.*)
 from .noise import Dirichlet, Gaussian, Gumbel
 from .logprob import gaussian_logprob, gumbel_logprob
+from .mix import mix_embeddings
 from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
 from .soft_tokens import SoftTokens
-from .hf import ColdStop, ConfidenceRouter, SoftThinkingConfig, SoftTrace, patch, unpatch
+from .hf import (ColdStop, ConfidenceRouter, SoftThinkingConfig, SoftTrace, patch,
+                 soft_inputs_from_trace, unpatch)
 
 __version__ = "0.1.0"
 
 __all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet",
            "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
-           "ColdStop", "ConfidenceRouter", "SoftTrace", "__version__"]
+           "ColdStop", "ConfidenceRouter", "SoftTrace", "mix_embeddings", "soft_inputs_from_trace",
+           "__version__"]

@@ -22,7 +22,8 @@ from .soft_tokens import SoftTokens
 
 __all__ = ["philox4x32_10", "philox_draw", "uniform_open", "gumbel_noise", "gaussian_noise",
            "log_gamma_sample", "soft_embed_reference", "route_step_reference", "TAG_GUMBEL", "TAG_DIRICHLET",
-           "TAG_GAUSSIAN", "gumbel_logprob_reference", "gaussian_logprob_reference"]
+           "TAG_GAUSSIAN", "gumbel_logprob_reference", "gaussian_logprob_reference",
+           "mix_embeddings_reference"]
 
 TAG_GUMBEL, TAG_DIRICHLET, TAG_GAUSSIAN = 1, 2, 3
 GAMMA_MAX_ATTEMPTS = 16
@@ -263,6 +264,39 @@ def soft_embed_reference(
         max_prob=torch.stack(rows_pmax),
         noise=torch.stack(rows_noise) if isinstance(noise, Gumbel) else None,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# mix_embeddings
+
+def mix_embeddings_reference(embedding, ids, weights, *, noise=None, seed=0, offset=0):
+    """Float64 reference of :func:`softkernels.mix_embeddings` (same arguments, no validation).
+
+    ``out[...] = sum_j weights[..., j] * E[ids[..., j]]`` over the slots whose id is a row of E,
+    plus ``sigma * N(0, I_D)`` keyed by the row's (seed, offset) for Gaussian noise (relative sigma
+    resolved against ``embedding``); other noise kinds add nothing. Differentiable with respect to
+    ``embedding`` and ``weights`` by autograd. Result float64 [..., D].
+    """
+    k, D = ids.shape[-1], embedding.shape[1]
+    lead = ids.shape[:-1]
+    if isinstance(noise, Gaussian) and noise.relative:
+        noise = noise.absolute(embedding)
+    E = embedding.to(torch.float64)
+    I = ids.to(torch.int64).reshape(-1, k)
+    W = weights.to(torch.float64).reshape(-1, k)
+    rows = []
+    for n in range(I.shape[0]):
+        # Zero-weight slots add nothing (the kernels skip them) but, when their id is a row of
+        # E, still get d/dw = <grad, E[id]>: the mixture is linear in the weights.
+        used = ((I[n] >= 0) & (I[n] < E.shape[0])).nonzero().flatten()
+        row = (W[n, used, None] * E[I[n, used]]).sum(0) + 0 * W[n].sum()
+        if isinstance(noise, Gaussian):
+            row = row + noise.sigma * gaussian_noise(_row_value(seed, n, int),
+                                                     _row_value(offset, n, int), D)
+        rows.append(row)
+    if not rows:
+        return torch.zeros(*lead, D, dtype=torch.float64)
+    return torch.stack(rows).reshape(*lead, D)
 
 
 # --------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@
 #include "common/philox.h"
 #include "common/row_state.h"
 #include "cuda/cuda_common.cuh"
+#include "cuda/mix_row.cuh"
 #include "cuda/soft_embed_fwd.h"
 
 namespace softkernels::cuda {
@@ -167,8 +168,6 @@ SK_DEV T warp_sum_range(const T* e, int n) {
   return total;
 }
 
-SK_DEV float fma_acc(float a, float b, float c) { return fmaf(a, b, c); }
-SK_DEV double fma_acc(double a, double b, double c) { return fma(a, b, c); }
 
 // Calls f with a null pointer of the embedding table's element type.
 template <typename F>
@@ -744,92 +743,6 @@ SK_DEV void finish_soft_warp(const Candidate<T>* pool, int P_row, int k, int64_t
   if (lane == 0) *nnz_out = cnt;
 }
 
-// embeds[b] = sum_j w_j E[id_j] (+ sigma N(0, I)), fp32 accumulation (fp64 for fp64 tables), in
-// slot order like the CPU kernel. Only slots with w != 0 (listed in nz) are read.
-template <typename M, int VE>
-SK_DEV void add_gaussian(M* acc, int64_t d0, M sigma, int64_t seed, int64_t offset) {
-  if constexpr (VE >= 4) {
-#pragma unroll
-    for (int g = 0; g < VE; g += 4) {
-      M n[4];
-      gaussian_noise4<M>(seed, offset, (d0 + g) >> 2, n);
-#pragma unroll
-      for (int r = 0; r < 4; ++r) acc[g + r] += sigma * n[r];
-    }
-  } else {
-    static_assert(VE == 2);
-    M n[4];
-    gaussian_noise4<M>(seed, offset, d0 >> 2, n);
-    if ((d0 & 3) == 0) {
-      acc[0] += sigma * n[0];
-      acc[1] += sigma * n[1];
-    } else {
-      acc[0] += sigma * n[2];
-      acc[1] += sigma * n[3];
-    }
-  }
-}
-
-constexpr int kMixBatch = 6;
-
-template <typename E, typename T>
-SK_DEV void mix_row(const FwdArgs& a, int64_t b, const int64_t* ids, const T* w, const int* nz,
-                    int nnz, int64_t seed, int64_t offset) {
-  using M = acc_t<E>;
-  constexpr int VE = Vec<E>::N;
-  const int tid = threadIdx.x;
-  const E* table = static_cast<const E*>(a.emb);
-  E* out = static_cast<E*>(a.embeds) + b * a.D;
-  const int64_t D = a.D, es = a.emb_stride;
-  const bool gauss = a.np.kind == kNoiseGaussian;
-  const M sigma = static_cast<M>(a.np.sigma);
-  const bool vec_ok = (D % VE) == 0 && aligned16(table) &&
-                      ((es * static_cast<int64_t>(sizeof(E))) % 16) == 0 && aligned16(out);
-  if (vec_ok) {
-    const int64_t nch = D / VE;
-    for (int64_t c = tid; c < nch; c += kThreads) {
-      M acc[VE];
-#pragma unroll
-      for (int e = 0; e < VE; ++e) acc[e] = M(0);
-      for (int j0 = 0; j0 < nnz; j0 += kMixBatch) {
-        uint4 raw[kMixBatch];
-        M wv[kMixBatch];
-#pragma unroll
-        for (int u = 0; u < kMixBatch; ++u) {  // kMixBatch independent loads in flight
-          raw[u] = make_uint4(0u, 0u, 0u, 0u);
-          wv[u] = M(0);
-          if (j0 + u < nnz) {
-            const int slot = nz[j0 + u];
-            wv[u] = static_cast<M>(w[slot]);
-            raw[u] = __ldg(reinterpret_cast<const uint4*>(table + ids[slot] * es + c * VE));
-          }
-        }
-#pragma unroll
-        for (int u = 0; u < kMixBatch; ++u) {
-          if (j0 + u < nnz) {
-            M v[VE];
-            unpack16<E>(raw[u], v);
-#pragma unroll
-            for (int e = 0; e < VE; ++e) acc[e] = fma_acc(wv[u], v[e], acc[e]);
-          }
-        }
-      }
-      if (gauss) add_gaussian<M, VE>(acc, c * VE, sigma, seed, offset);
-      *reinterpret_cast<uint4*>(out + c * VE) = pack16<E>(acc);
-    }
-  } else {
-    for (int64_t d = tid; d < D; d += kThreads) {
-      M acc = M(0);
-      for (int j = 0; j < nnz; ++j) {
-        const int slot = nz[j];
-        acc = fma_acc(static_cast<M>(w[slot]), load_scalar<E>(table + ids[slot] * es + d), acc);
-      }
-      if (gauss) acc += sigma * gaussian_noise<M>(seed, offset, d);
-      store_scalar<E>(out + d, acc);
-    }
-  }
-}
-
 // Hard rows carry E[id] bit for bit.
 template <typename E>
 SK_DEV void copy_row(const FwdArgs& a, int64_t b, int64_t id) {
@@ -1017,7 +930,9 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
     if (is_hard) {
       copy_row<E>(a, b, sm.oid[0]);
     } else {
-      mix_row<E, T>(a, b, sm.oid, sm.ow, sm.nz, nnz, rp.seed, rp.offset);
+      mix_row<E, T>(static_cast<const E*>(a.emb), a.emb_stride, a.D,
+                    static_cast<E*>(a.embeds) + b * a.D, sm.oid, sm.ow, sm.nz, nnz,
+                    a.np.kind == kNoiseGaussian, a.np.sigma, rp.seed, rp.offset);
     }
   });
 }

@@ -6,8 +6,9 @@ model generates), so ``import softkernels`` does not need it.
 """
 
 from .config import ColdStop, ConfidenceRouter, SoftThinkingConfig
+from .inputs import soft_inputs_from_trace
 from .patching import is_patched, patch, unpatch
 from .trace import END_REASONS, SoftTrace
 
 __all__ = ["patch", "unpatch", "is_patched", "SoftThinkingConfig", "ColdStop", "ConfidenceRouter",
-           "SoftTrace", "END_REASONS"]
+           "SoftTrace", "END_REASONS", "soft_inputs_from_trace"]
