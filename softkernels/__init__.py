@@ -14,11 +14,12 @@ from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
 from .iterate import SelectedRows, add_rows_, iteration_embeds, max_prob, select_rows
 from .soft_tokens import SoftTokens
-from .hf import ColdStop, ConfidenceRouter, SoftThinkingConfig, SoftTrace, patch, unpatch
+from .hf import (ColdStop, ConfidenceRouter, IterateHard, SoftThinkingConfig, SoftTrace, patch,
+                 unpatch)
 
 __version__ = "0.1.0"
 
 __all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet",
            "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
-           "ColdStop", "ConfidenceRouter", "SoftTrace", "select_rows", "SelectedRows",
+           "ColdStop", "ConfidenceRouter", "SoftTrace", "IterateHard", "select_rows", "SelectedRows",
            "iteration_embeds", "add_rows_", "max_prob", "__version__"]
