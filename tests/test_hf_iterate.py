@@ -459,3 +459,24 @@ def test_no_trace_iterations_without_iterate_hard(models):
     ids, mask = prompts(batch=2)
     sk.patch(m, sk.SoftThinkingConfig(k=3))
     assert _gen(m, ids, mask, max_new_tokens=2).soft_trace.iterations is None
+
+
+# --------------------------------------------------------------------------------------------
+# On the GPU (skipped without one): the same token-for-token check with the model on CUDA.
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_cuda_generate_matches_reference(family):
+    m = make_model(family).to("cuda")
+    ids, mask = prompts(batch=4)
+    ids, mask = ids.cuda(), mask.cuda()
+    cfg, ref = _pick_threshold(
+        m, ids, mask, lambda t: _config(True, sk.IterateHard(max_iter=3, threshold=t)))
+    sk.patch(m, cfg)
+    out = _gen(m, ids, mask)
+    assert out.sequences.device.type == "cuda"
+    assert torch.equal(out.sequences, ref.sequences)
+    assert torch.equal(out.soft_trace.iterations, ref.iterations)
+    b = _gen(m, ids, mask, use_cache=False)
+    assert torch.equal(b.sequences, out.sequences)

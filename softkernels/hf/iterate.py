@@ -72,8 +72,9 @@ def _supported_cache(cache) -> Optional[str]:
 def _cache_rows(cache) -> int:
     """The batch size of a (dynamic) cache, -1 if it holds nothing yet."""
     for layer in cache.layers:
-        if layer.is_initialized and layer.keys is not None and layer.keys.dim() == 4:
-            return layer.keys.shape[0]
+        keys = getattr(layer, "keys", None)
+        if getattr(layer, "is_initialized", True) and keys is not None and keys.dim() == 4:
+            return keys.shape[0]
     return -1
 
 
@@ -88,7 +89,8 @@ def _gather_cache(cache, rows: torch.Tensor, all_rows: bool):
     layers = []
     for layer in cache.layers:
         new = copy.copy(layer)
-        if not all_rows and layer.is_initialized and layer.keys is not None and layer.keys.numel():
+        if not all_rows and getattr(layer, "is_initialized", True) and \
+                layer.keys is not None and layer.keys.numel():
             new.keys = layer.keys.index_select(0, rows)
             new.values = layer.values.index_select(0, rows)
         layers.append(new)
@@ -219,8 +221,7 @@ class _Iterator:
                 _it.add_rows_(logits, out.logits[:, -1].to(logits.dtype), idx, count,
                               validate=False)
                 if iters is not None:
-                    iters.index_add_(0, rows, torch.ones(n, dtype=torch.int8,
-                                                         device=iters.device))
+                    iters[rows] += 1                # rows are distinct
                 done += 1
                 if done < cfg.max_iter:
                     score = self._score(getattr(out, "hidden_states", None),
