@@ -53,6 +53,15 @@ TORCH_LIBRARY(softkernels, m) {
       "(Tensor mode, Tensor token, Tensor phase_out, Tensor low_count_out, "
       "Tensor think_steps_out)");
 
+  // Selective iteration (Think-at-Hard, docs/iterate_hard.md; rules in csrc/common/select_rows.h).
+  // The rows whose score is below threshold, compacted without a host sync: idx int64 [B] is a
+  // stable partition of 0..B-1 (hard rows ascending, then easy rows ascending), count int64 [1]
+  // the number of hard rows (on the scores' device).
+  m.def("select_rows(Tensor scores, float threshold) -> (Tensor idx, Tensor count)");
+  // In place: logits[idx[j]] += src[j] for j < clamp(count, 0, min(len(idx), len(src))), in j
+  // order; count is read on the device (no host sync). logits [B, V], src [N, V], one dtype.
+  m.def("add_rows_(Tensor(a!) logits, Tensor src, Tensor idx, Tensor count) -> ()");
+
   // RL log-probabilities (docs/training.md). Inputs carry any leading batch shape [...];
   // outputs are [...] in fp32 (fp64 for fp64 inputs).
   // SofT-GRPO's log-probability of a Gumbel soft token from logits [..., V] at the saved slot ids

@@ -13,8 +13,9 @@ from .logprob import gaussian_logprob, gumbel_logprob
 from .mix import mix_embeddings
 from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
+from .iterate import SelectedRows, add_rows_, iteration_embeds, max_prob, select_rows
 from .soft_tokens import SoftTokens
-from .hf import (ColdStop, ConfidenceRouter, SoftThinkingConfig, SoftTrace, patch,
+from .hf import (ColdStop, ConfidenceRouter, IterateHard, SoftThinkingConfig, SoftTrace, patch,
                  soft_inputs_from_trace, unpatch)
 
 __version__ = "0.1.0"
@@ -22,4 +23,5 @@ __version__ = "0.1.0"
 __all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet",
            "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
            "ColdStop", "ConfidenceRouter", "SoftTrace", "mix_embeddings", "soft_inputs_from_trace",
+           "IterateHard", "select_rows", "SelectedRows", "iteration_embeds", "add_rows_", "max_prob",
            "__version__"]

@@ -23,7 +23,8 @@ from .soft_tokens import SoftTokens
 __all__ = ["philox4x32_10", "philox_draw", "uniform_open", "gumbel_noise", "gaussian_noise",
            "log_gamma_sample", "soft_embed_reference", "route_step_reference", "TAG_GUMBEL", "TAG_DIRICHLET",
            "TAG_GAUSSIAN", "gumbel_logprob_reference", "gaussian_logprob_reference",
-           "mix_embeddings_reference"]
+           "mix_embeddings_reference", "select_rows_reference", "iteration_embeds_reference",
+           "add_rows_reference"]
 
 TAG_GUMBEL, TAG_DIRICHLET, TAG_GAUSSIAN = 1, 2, 3
 GAMMA_MAX_ATTEMPTS = 16
@@ -384,3 +385,50 @@ def gaussian_logprob_reference(x, mean, sigma):
         return -q / (2 * var) - 0.5 * D * torch.log(2 * math.pi * var)
     var = float(sigma) ** 2
     return -q / (2 * var) - 0.5 * D * math.log(2 * math.pi * var)
+
+
+# --------------------------------------------------------------------------------------------
+# Selective iteration (Think-at-Hard, docs/iterate_hard.md)
+
+def select_rows_reference(scores, threshold):
+    """Reference of :func:`softkernels.select_rows`: (idx int64 [B], count int64 [1]) on the CPU.
+
+    Hard rows (``float(score) < threshold``; NaN is not hard) in ascending order, then the easy
+    rows in ascending order."""
+    s = scores.detach().cpu().to(torch.float64).tolist()
+    hard = [b for b, v in enumerate(s) if v < threshold]
+    easy = [b for b, v in enumerate(s) if not v < threshold]
+    return (torch.tensor(hard + easy, dtype=torch.int64),
+            torch.tensor([len(hard)], dtype=torch.int64))
+
+
+def iteration_embeds_reference(logits, embedding, top_m=100):
+    """Float64 reference of :func:`softkernels.iteration_embeds` over every row:
+    ``sum_i softmax(top-M logits)_i E[i]`` with ties broken by the lower token id.
+    Returns float64 [B, D]."""
+    x = logits.detach().to(torch.float64).cpu()
+    E = embedding.detach().to(torch.float64).cpu()
+    M = min(top_m, x.shape[1])
+    out = []
+    for b in range(x.shape[0]):
+        order = _sort_desc(x[b])[:M]
+        w = torch.softmax(x[b, order], dim=0)
+        out.append((w[:, None] * E[order]).sum(0))
+    if not out:
+        return torch.zeros(0, E.shape[1], dtype=torch.float64)
+    return torch.stack(out)
+
+
+def add_rows_reference(logits, src, idx, count):
+    """Reference of :func:`softkernels.add_rows_` (out of place): a copy of ``logits`` with
+    ``src[j]`` added to row ``idx[j]`` for ``j < clamp(count, 0, min(len(idx), len(src)))``, in j
+    order, each sum formed in float64 and rounded to the logits' dtype; out-of-range rows skipped."""
+    out = logits.detach().cpu().clone()
+    n = int(count.reshape(-1)[0]) if isinstance(count, torch.Tensor) else int(count)
+    n = max(0, min(n, idx.shape[0], src.shape[0]))
+    B = out.shape[0]
+    for j in range(n):
+        r = int(idx[j])
+        if 0 <= r < B:
+            out[r] = (out[r].to(torch.float64) + src[j].detach().cpu().to(torch.float64)).to(out.dtype)
+    return out

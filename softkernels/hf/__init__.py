@@ -5,10 +5,10 @@ describes the mechanism and its decisions. transformers is imported lazily (only
 model generates), so ``import softkernels`` does not need it.
 """
 
-from .config import ColdStop, ConfidenceRouter, SoftThinkingConfig
+from .config import ColdStop, ConfidenceRouter, IterateHard, SoftThinkingConfig
 from .inputs import soft_inputs_from_trace
 from .patching import is_patched, patch, unpatch
 from .trace import END_REASONS, SoftTrace
 
 __all__ = ["patch", "unpatch", "is_patched", "SoftThinkingConfig", "ColdStop", "ConfidenceRouter",
-           "SoftTrace", "END_REASONS", "soft_inputs_from_trace"]
+           "IterateHard", "SoftTrace", "END_REASONS", "soft_inputs_from_trace"]

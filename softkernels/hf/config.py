@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Union
+from typing import Callable, Optional, Union
 
 from ..noise import Dirichlet, Gaussian, Gumbel, Noise
 
-__all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "MAX_K"]
+__all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "IterateHard", "MAX_K"]
 
 MAX_K = 1024   # largest mixture width the kernels support (csrc/common/macros.h)
 _I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
@@ -88,6 +88,64 @@ class ConfidenceRouter:
             hi_open=False))
 
 
+@dataclass(frozen=True, kw_only=True)
+class IterateHard:
+    """Think-at-Hard (TaH): extra latent iterations, at the same position, for hard rows only.
+
+    At every decoding step, after the model's normal forward pass (iteration 0), each row gets a
+    score: the largest probability of softmax(logits) by default, or ``decider(hidden_states,
+    logits)``. Rows whose score is below ``threshold`` are *hard*: only they run an extra
+    iteration, whose input embedding is ``sum_i softmax(top-M logits)_i * E[i]`` (M = ``top_m``,
+    over the current cumulative logits, times the model's embed scale) at the same position, and
+    whose logits are added to the cumulative logits. After each iteration the rows that ran it are
+    scored again on the new cumulative logits (and, with a decider, that iteration's hidden
+    states); those still below the threshold continue, up to ``max_iter`` passes in all. The next
+    token (and, while thinking, the soft token) is then chosen from the cumulative logits.
+
+    An iteration attends to the committed key/values of its row (iteration 0 of every position up
+    to and including the current one) and to itself; it never changes the KV cache of the main
+    pass. docs/iterate_hard.md has the details and the differences from TaH's own code.
+
+    Args:
+        max_iter: passes per token in all, first pass included (TaH's max_iter): 2 means at most
+            one extra iteration; 1 switches iterations off. In [1, 64]. Default 2.
+        threshold: a row is hard when its score is below it (required; any number, not NaN).
+        top_m: M, the number of top logits mixed into the iteration input, in [1, 1024]
+            (clamped to the vocabulary). Default 100 (TaH's).
+        decider: None (score = max_prob of softmax(cumulative logits)) or a callable
+            ``decider(hidden_states, logits) -> scores``: ``hidden_states`` is the tuple of the
+            model's hidden states (``output_hidden_states``: embedding output first, last layer
+            last), each [N, D] at the current position, ``logits`` the [N, V] cumulative logits of
+            the same N rows; it returns a float tensor [N] (hard when below ``threshold``). It must
+            treat rows independently. A TaH decider that outputs the probability to continue
+            iterating fits as ``lambda h, l: 1 - p(h, l)`` with threshold ``1 - tah_threshold``.
+        adapter: None, or the name of a PEFT adapter (e.g. TaH's LoRA) that is enabled only
+            during the extra iterations. The model must expose ``set_adapter``,
+            ``enable_adapters`` and ``disable_adapters`` (transformers' PEFT integration after
+            ``load_adapter``). Default None.
+    """
+
+    max_iter: int = 2
+    threshold: float
+    top_m: int = 100
+    decider: Optional[Callable] = None
+    adapter: Optional[str] = None
+
+    def __post_init__(self):
+        c = "IterateHard"
+        object.__setattr__(self, "max_iter", _int(c, "max_iter", self.max_iter, 1, 64))
+        object.__setattr__(self, "threshold", _float(c, "threshold", self.threshold,
+                                                     lo=-math.inf, hi=math.inf, lo_open=False,
+                                                     hi_open=False))
+        object.__setattr__(self, "top_m", _int(c, "top_m", self.top_m, 1, MAX_K))
+        if self.decider is not None and not callable(self.decider):
+            raise TypeError(f"{c}.decider must be None or a callable (hidden_states, logits) -> "
+                            f"scores, got {type(self.decider).__name__} {self.decider!r}")
+        if self.adapter is not None and (not isinstance(self.adapter, str) or not self.adapter):
+            raise TypeError(f"{c}.adapter must be None or a non-empty adapter name (str), got "
+                            f"{type(self.adapter).__name__} {self.adapter!r}")
+
+
 @dataclass(frozen=True)
 class SoftThinkingConfig:
     """How a patched model thinks (see ``softkernels.patch``).
@@ -129,6 +187,10 @@ class SoftThinkingConfig:
             the seed and its batch index, each step its own offset), or None to draw a fresh seed
             from torch's default generator at every ``generate`` call (so ``torch.manual_seed``
             makes runs reproducible). Default None.
+        iterate_hard: :class:`IterateHard` (Think-at-Hard: extra iterations at the same position
+            for the rows judged hard, at every step, thinking or not) or None. Default None. For
+            plain hard decoding with iterations, combine it with ``max_think_tokens=0`` (and
+            ``think_end=None``): every step is then a hard step.
     """
 
     k: int = 10
@@ -142,6 +204,7 @@ class SoftThinkingConfig:
     router: Optional[ConfidenceRouter] = None
     max_think_tokens: Optional[int] = None
     seed: Optional[int] = None
+    iterate_hard: Optional[IterateHard] = None
 
     def __post_init__(self):
         c = "SoftThinkingConfig"
@@ -177,3 +240,6 @@ class SoftThinkingConfig:
                 c, "max_think_tokens", self.max_think_tokens, 0, 2 ** 31 - 1))
         if self.seed is not None:
             object.__setattr__(self, "seed", _int(c, "seed", self.seed, _I64_MIN, _I64_MAX))
+        if self.iterate_hard is not None and not isinstance(self.iterate_hard, IterateHard):
+            raise TypeError(f"{c}.iterate_hard must be None or softkernels.IterateHard(...), got "
+                            f"{type(self.iterate_hard).__name__} {self.iterate_hard!r}")

@@ -31,6 +31,7 @@ from .. import ops as _ops
 from ..noise import Gaussian
 from ..routing import MODE_SOFT, PHASE_THINKING, RouteState, route_step
 from .config import SoftThinkingConfig
+from .iterate import _Iterator
 from .trace import END_BUDGET, END_COLD_STOP, END_NONE, END_THINK_TOKEN, MODE_HARD, SoftTrace
 
 __all__ = ["patch", "unpatch", "is_patched"]
@@ -326,11 +327,21 @@ def _soft_generate(self, *args, soft_thinking=None, **kwargs):
         else:
             extra["disable_compile"] = True
 
+    iterator = None
+    if config.iterate_hard is not None:
+        # Think-at-Hard: extra iterations for the hard rows after every main forward (hooks on
+        # the model module for the duration of the call; see hf/iterate.py).
+        iterator = _Iterator(self, config.iterate_hard, emb.weight, state.scale, record)
+        state.iter_rec = iterator.rec
     handle = emb.register_forward_hook(state.embedding_hook)
     try:
+        if iterator is not None:
+            iterator.install(emb)
         result = original(**arguments, **extra)
     finally:
         handle.remove()
+        if iterator is not None:
+            iterator.remove()
         state.release()
     if record and state.steps and hasattr(result, "sequences"):
         trace = state.build_trace(result.sequences, gc.eos_token_id)
@@ -410,6 +421,7 @@ class _CallState:
         self.pending_embeds = None   # [B, D] soft embeddings of the last step (E's dtype)
         self.pending_mask = None     # bool [B]: rows whose last step was soft
         self.history: List[Any] = []  # use_cache=False: (embeds, mask) of every step
+        self.iter_rec: Optional[List[torch.Tensor]] = None   # iterate_hard: int8 [B] per step
         self.rec = {k: [] for k in ("ids", "weights", "noise", "entropy", "max_prob", "mode",
                                     "phase")}
 
@@ -555,6 +567,9 @@ class _CallState:
         steps = torch.arange(T, device=dev).unsqueeze(0)
         phase = phase.masked_fill(has_end.unsqueeze(1) & (steps >= end_step.unsqueeze(1)), 0)
 
+        iterations = None
+        if self.iter_rec:
+            iterations = torch.stack(self.iter_rec, 1)[:, :T].to(dev).masked_fill(~valid, 0)
         cfg = self.config
         return SoftTrace(
             ids=ids, weights=weights, noise=noise, entropy=entropy, max_prob=max_prob, mode=mode,
@@ -564,7 +579,7 @@ class _CallState:
             prompt_length=P, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
             top_p=cfg.top_p, min_p=cfg.min_p, noise_params=self.noise,
             embed_scale=None if self.scale is None else float(self.scale),
-            think_end_id=te, max_think_tokens=cfg.max_think_tokens)
+            think_end_id=te, max_think_tokens=cfg.max_think_tokens, iterations=iterations)
 
 
 class _SoftThinkingProcessor:

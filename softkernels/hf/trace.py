@@ -64,6 +64,11 @@ class SoftTrace:
             sqrt(hidden_size), rounded to the embedding dtype), or None for a plain lookup.
         think_end_id: the token that ends thinking, or None.
         max_think_tokens: the budget, or None.
+
+    With ``SoftThinkingConfig.iterate_hard`` (Think-at-Hard):
+        iterations: int8 [B, T] the number of extra iterations each row ran at each step (0 for
+            easy rows, up to ``max_iter - 1``; 0 after the row finished). None without
+            iterate_hard.
     """
 
     ids: torch.Tensor
@@ -88,6 +93,7 @@ class SoftTrace:
     embed_scale: Optional[float]
     think_end_id: Optional[int]
     max_think_tokens: Optional[int]
+    iterations: Optional[torch.Tensor] = None
 
     @property
     def batch_size(self) -> int:
