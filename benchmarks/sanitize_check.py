@@ -4,7 +4,7 @@ Runs every code path of the CUDA kernels once on small shapes: forward with each
 single- and multi-slice rows, the prefilter and the exact (radix-select) candidate paths, pools up
 to 1024 (> 48 KB of shared memory), hard rows, NaN / -inf / all -inf rows, refused per-row
 parameters, misaligned rows and tables, odd D, B = 0 and 1; backward (logits and embedding);
-route_step. Prints one line per case and "sanitize_check: ok" at the end. Run it under
+route_step; mix_embeddings, gumbel_logprob, gaussian_logprob, select_rows and add_rows_. Prints one line per case and "sanitize_check: ok" at the end. Run it under
 `PYTORCH_NO_CUDA_MEMORY_CACHING=1` so that every tensor is its own allocation and memcheck sees
 overruns precisely.
 """
@@ -106,6 +106,37 @@ def main() -> int:
         sk.route_step(torch.rand(0, device=dev), torch.rand(0, device=dev),
                       torch.zeros(0, dtype=torch.long, device=dev), sk.RouteState.start(0, dev))
     case("route_step", route)
+
+    def mix():
+        emb = torch.randn(700, 24, device=dev, requires_grad=True)
+        ids = torch.randint(0, 700, (2, 3, 5), device=dev)
+        w = torch.softmax(torch.randn(2, 3, 5, device=dev), -1).requires_grad_()
+        out = sk.mix_embeddings(emb, ids, w, noise=sk.Gaussian(0.2, relative=False), seed=4,
+                                validate=False)
+        out.sum().backward()
+        sk.mix_embeddings(emb.detach().bfloat16(), ids[0], w.detach()[0], validate=False)
+    case("mix_embeddings (+ backward)", mix)
+
+    def logprobs():
+        logits = torch.randn(2, 3, 4000, device=dev, requires_grad=True)
+        ids = torch.randint(0, 4000, (2, 3, 5), device=dev)
+        g = torch.randn(2, 3, 5, device=dev)
+        g[..., 4] = -math.inf
+        hard = torch.tensor([[False, True, False], [False, False, True]], device=dev)
+        lp = sk.gumbel_logprob(logits, ids, g, 0.5, temperature=0.7, hard=hard, validate=False)
+        x = torch.randn(2, 3, 32, device=dev, requires_grad=True)
+        mean = torch.randn(2, 3, 32, device=dev, requires_grad=True)
+        (lp.sum() + sk.gaussian_logprob(x, mean, 0.3).sum()).backward()
+    case("gumbel_logprob / gaussian_logprob (+ backward)", logprobs)
+
+    def iterate():
+        logits = torch.randn(3001, 50, device=dev)
+        sel = sk.select_rows(sk.max_prob(logits), 0.2)
+        sk.add_rows_(logits, torch.randn(3001, 50, device=dev), sel.idx, sel.count)
+        sel0 = sk.select_rows(torch.rand(0, device=dev), 0.5)
+        sk.add_rows_(torch.randn(0, 4, device=dev), torch.randn(0, 4, device=dev), sel0.idx,
+                     sel0.count)
+    case("select_rows / add_rows_", iterate)
     print("sanitize_check: ok", flush=True)
     return 0
 
