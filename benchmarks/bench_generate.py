@@ -15,17 +15,16 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import RESULTS, ROOT, append_to_section, commit, machine  # noqa: E402
+
 SECTION = "## Generation (CPU)"
 
 PROMPTS = [
@@ -38,29 +37,6 @@ PROMPTS = [
     "Name three prime numbers.",
     "Is 17 an even or an odd number?",
 ]
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               text=True, capture_output=True).stdout.strip()
-        return rev + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def batch(tok, B):
@@ -183,21 +159,9 @@ def main(argv=None) -> int:
                  "layer's processor step and embedding hook directly\n"
                  f"- Load average (1 min) before / after: {load_before[0]:.2f} / "
                  f"{load_after[0]:.2f}\n\n{text}\n")
-        RESULTS.parent.mkdir(exist_ok=True)
-        old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        if SECTION not in old:
-            old = old.rstrip("\n") + f"\n\n{SECTION}\n\nAppended by `make bench-generate` " \
-                  "(benchmarks/bench_generate.py). Target: soft thinking costs at most 10% " \
-                  "more time per token than plain greedy.\n"
-            RESULTS.write_text(old + entry)
-        else:
-            # Insert at the end of the section (before the next "## " heading, if any).
-            start = old.index(SECTION)
-            nxt = old.find("\n## ", start + len(SECTION))
-            if nxt < 0:
-                RESULTS.write_text(old.rstrip("\n") + "\n" + entry)
-            else:
-                RESULTS.write_text(old[:nxt].rstrip("\n") + "\n" + entry + old[nxt:])
+        append_to_section(SECTION, "Appended by `make bench-generate` (benchmarks/bench_generate.py). "
+                          "Target: soft thinking costs at most 10% more time per token than "
+                          "plain greedy.", entry)
         print(f"appended to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

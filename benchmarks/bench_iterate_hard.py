@@ -32,9 +32,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from bench_generate import PROMPTS, commit, machine  # noqa: E402
+from bench_generate import PROMPTS  # noqa: E402
+from results import RESULTS, append_to_section, commit, machine  # noqa: E402
 
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 SECTION = "## Think-at-Hard (selective iteration)"
 BATCH = 16
 FRACTIONS = [(0, "0%"), (1, "6%"), (4, "25%"), (16, "100%")]
@@ -187,20 +187,9 @@ def main(argv=None) -> int:
                  f"in rotating order; torch threads: {torch.get_num_threads()}\n"
                  f"- Load average (1 min) before / after: {load_before[0]:.2f} / "
                  f"{load_after[0]:.2f}\n\n{text}\n")
-        old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-        if SECTION not in old:
-            old = old.rstrip("\n") + (
-                f"\n\n{SECTION}\n\nAppended by benchmarks/bench_iterate_hard.py. Requirement "
-                "(issue 6): the time per generated token grows with the fraction of hard rows, "
-                "with near zero extra cost when no row is hard.\n")
-            RESULTS.write_text(old + entry)
-        else:
-            start = old.index(SECTION)
-            nxt = old.find("\n## ", start + len(SECTION))
-            if nxt < 0:
-                RESULTS.write_text(old.rstrip("\n") + "\n" + entry)
-            else:
-                RESULTS.write_text(old[:nxt].rstrip("\n") + "\n" + entry + old[nxt:])
+        append_to_section(SECTION, "Appended by benchmarks/bench_iterate_hard.py. Requirement "
+                          "(issue 6): the time per generated token grows with the fraction of "
+                          "hard rows, with near zero extra cost when no row is hard.", entry)
         print(f"appended to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

@@ -23,10 +23,7 @@ import argparse
 import datetime
 import itertools
 import json
-import os
-import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,8 +32,9 @@ import torch
 
 import softkernels as sk
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import replace_block, commit, machine  # noqa: E402
+
 CFG = dict(temperature=0.6, top_k=30, top_p=0.95, min_p=0.001)  # Soft Thinking's defaults
 
 
@@ -156,28 +154,6 @@ def bytes_moved(B, V, D, k, dt) -> int:
     return B * V * es + B * k * D * es + B * D * es + B * k * (8 + 4) + B * 12
 
 
-def machine_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name()
-    try:
-        model = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                     if line.startswith("model name"))
-    except (OSError, StopIteration):
-        model = platform.processor() or "unknown CPU"
-    return f"{model}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()}"
-
-
-def commit() -> str:
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
-                             capture_output=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                               text=True, capture_output=True).stdout.strip()
-        return rev + ("+dirty" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def run(device: str, quick: bool, reps: int):
     torch.manual_seed(0)
     on_cuda = device == "cuda"
@@ -240,7 +216,7 @@ def results_section(device: str, rows, copy_bw, argv):
     start, end = f"<!-- {name} start -->", f"<!-- {name} end -->"
     lines = [start, f"## {name}", "",
              f"- date: {datetime.date.today().isoformat()}",
-             f"- machine: {machine_name(device)}",
+             f"- machine: {machine(device)}",
              f"- torch {torch.__version__}, softkernels commit {commit()}",
              f"- command: `python benchmarks/bench_soft_embed.py {' '.join(argv)}`".rstrip(),
              f"- config: temperature 0.6, top_k 30, top_p 0.95, min_p 0.001, no noise; "
@@ -255,14 +231,7 @@ def results_section(device: str, rows, copy_bw, argv):
 
 def write_results(device: str, rows, copy_bw, argv) -> None:
     start, end, lines = results_section(device, rows, copy_bw, argv)
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEvery number here was measured by the command named in its section.\n"
-    if start in text and end in text:
-        pre, rest = text.split(start, 1)
-        post = rest.split(end, 1)[1]
-        text = pre + "\n".join(lines) + post
-    else:
-        text = text.rstrip() + "\n\n" + "\n".join(lines) + "\n"
-    RESULTS.write_text(text)
+    replace_block(start, end, "\n".join(lines))
 
 
 def main(argv=None):
@@ -276,7 +245,7 @@ def main(argv=None):
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_soft_embed: --device cuda but torch sees no CUDA device")
     reps = args.reps or (100 if args.device == "cuda" else 7)
-    print(f"# soft_embed forward on {machine_name(args.device)}")
+    print(f"# soft_embed forward on {machine(args.device)}")
     print(HEADER)
     print("|" + "---|" * 13)
     rows, copy_bw = run(args.device, args.quick, reps)
@@ -287,7 +256,7 @@ def main(argv=None):
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         (Path(args.out) / f"bench_soft_embed_{args.device}.json").write_text(
-            json.dumps(dict(rows=rows, copy_bw=copy_bw, machine=machine_name(args.device)), indent=1))
+            json.dumps(dict(rows=rows, copy_bw=copy_bw, machine=machine(args.device)), indent=1))
         _, _, lines = results_section(args.device, rows, copy_bw,
                                       sys.argv[1:] if argv is None else argv)
         (Path(args.out) / f"RESULTS_{args.device}.md").write_text("\n".join(lines) + "\n")

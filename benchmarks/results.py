@@ -1,0 +1,73 @@
+"""What every benchmark records next to its numbers: the machine, the commit, and the place in
+benchmarks/RESULTS.md the numbers go to."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "RESULTS.md"
+HEADER = ("# Benchmark results\n\nEvery number here was measured by the command named in its "
+          "section, on the machine named there.\n")
+
+
+def machine(device: str = "cpu") -> str:
+    """The GPU's name, or the CPU model with its core count and torch's thread count."""
+    if device == "cuda":
+        return torch.cuda.get_device_name()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+
+
+def commit() -> str:
+    """Short hash of HEAD, with "+dirty" when tracked files have changes."""
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                             capture_output=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               text=True, capture_output=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def _read() -> str:
+    return RESULTS.read_text() if RESULTS.exists() else HEADER
+
+
+def append_to_section(section: str, intro: str, entry: str) -> None:
+    """Appends ``entry`` at the end of the ``section`` heading's part of RESULTS.md (created with
+    ``intro`` below the heading if missing), keeping earlier runs."""
+    old = _read()
+    if section not in old:
+        RESULTS.write_text(old.rstrip("\n") + f"\n\n{section}\n\n{intro}\n" + entry)
+        return
+    start = old.index(section)
+    nxt = old.find("\n## ", start + len(section))
+    if nxt < 0:
+        RESULTS.write_text(old.rstrip("\n") + "\n" + entry)
+    else:
+        RESULTS.write_text(old[:nxt].rstrip("\n") + "\n" + entry + old[nxt:])
+
+
+def replace_block(start: str, end: str, text: str) -> None:
+    """Replaces the block between the ``start`` and ``end`` marker lines of RESULTS.md by
+    ``text`` (which carries the markers), or appends it when the markers are missing."""
+    old = _read()
+    if start in old and end in old:
+        pre, rest = old.split(start, 1)
+        RESULTS.write_text(pre + text + rest.split(end, 1)[1])
+    else:
+        RESULTS.write_text(old.rstrip() + "\n\n" + text + "\n")
