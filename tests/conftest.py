@@ -32,3 +32,29 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="module")
+def models():
+    """models(family, tied=None): a tiny random Hugging Face model (tests/_hf_models.py), built
+    once per test module and unpatched before each use."""
+    import softkernels as sk
+    from _hf_models import make_model
+    cache = {}
+
+    def get(family, tied=None):
+        key = (family, tied)
+        if key not in cache:
+            cache[key] = make_model(family, tied=tied)
+        sk.unpatch(cache[key])
+        return cache[key]
+    return get
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Runs a module's tests with one torch thread (restored afterwards)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

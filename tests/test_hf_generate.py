@@ -13,20 +13,6 @@ transformers = pytest.importorskip("transformers")
 NEW = 12
 
 
-@pytest.fixture(scope="module")
-def models():
-    cache = {}
-
-    def get(family, tied=None):
-        key = (family, tied)
-        if key not in cache:
-            cache[key] = make_model(family, tied=tied)
-        m = cache[key]
-        sk.unpatch(m)
-        return m
-    return get
-
-
 def _gen(model, ids, mask, **kw):
     kw.setdefault("max_new_tokens", NEW)
     kw.setdefault("do_sample", False)

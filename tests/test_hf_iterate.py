@@ -18,19 +18,6 @@ NEW = 12
 FAMS = [f for f in FAMILIES if f != "qwen3"]   # Llama, Qwen2, GPT-2, Gemma3 (qwen3 in one test)
 
 
-@pytest.fixture(scope="module")
-def models():
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = make_model(family)
-        m = cache[family]
-        sk.unpatch(m)
-        return m
-    return get
-
-
 def _gen(model, ids, mask, **kw):
     kw.setdefault("max_new_tokens", NEW)
     kw.setdefault("do_sample", False)

@@ -16,26 +16,9 @@ NEW = 12
 TE = 9          # think-end token of the tiny models
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tests run small forwards: one thread is as fast as two on an idle 2-core machine and
-    # several times faster on a busy one (no OpenMP barrier waiting for a descheduled thread).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def models():
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            cache[family] = make_model(family)
-        sk.unpatch(cache[family])
-        return cache[family]
-    return get
+# Small forwards: one thread is as fast as two on an idle 2-core machine and several times
+# faster on a busy one (no OpenMP barrier waiting for a descheduled thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Capture:

