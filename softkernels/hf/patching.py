@@ -28,16 +28,15 @@ import torch
 from torch import nn
 
 from .. import ops as _ops
-from ..noise import Gaussian
-from ..routing import MODE_SOFT, PHASE_THINKING, RouteState, route_step
+from .. import policy
+from ..routing import RouteState
 from .config import SoftThinkingConfig
 from .iterate import _Iterator
-from .trace import END_BUDGET, END_COLD_STOP, END_NONE, END_THINK_TOKEN, MODE_HARD, SoftTrace
+from .trace import SoftTrace, trace_from_steps
 
 __all__ = ["patch", "unpatch", "is_patched"]
 
 _ATTR = "_softkernels_patch"
-_MASK64 = (1 << 64) - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -376,18 +375,6 @@ def _with_trace(result, trace: SoftTrace):
     return out
 
 
-def _row_seeds(base: int, B: int, device) -> torch.Tensor:
-    """A distinct Philox key per row, a hash (SplitMix64) of the base seed and the row index."""
-    seeds = []
-    for b in range(B):
-        z = (base + (b + 1) * 0x9E3779B97F4A7C15) & _MASK64
-        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-        z ^= z >> 31
-        seeds.append(z - (1 << 64) if z >= (1 << 63) else z)
-    return torch.tensor(seeds, dtype=torch.int64, device=device)
-
-
 class _CallState:
     """Per-generate-call state shared by the logits processor and the embedding hook."""
 
@@ -398,19 +385,13 @@ class _CallState:
         self.weight = emb.weight
         self.scale = None if scale is None else scale.to(device=emb.weight.device,
                                                          dtype=emb.weight.dtype)
-        noise = config.noise
-        if isinstance(noise, Gaussian) and noise.relative:
-            noise = noise.absolute(emb.weight)   # one pass over E per call, not per step
-        self.noise = noise
+        self.step_config = policy.StepConfig.resolve(config, think_end_id, emb.weight)
         self.use_cache = use_cache
         self.record = record
         if config.seed is None:
             self.base_seed = int(torch.randint(-(2 ** 62), 2 ** 62, (1,)).item())
         else:
             self.base_seed = config.seed
-        self.cs_entropy = None if config.cold_stop is None else config.cold_stop.entropy_threshold
-        self.cs_patience = 256 if config.cold_stop is None else config.cold_stop.patience
-        self.router = None if config.router is None else config.router.threshold
         # The fix-up for a think-end token sampled at a router-hard step (see _step).
         self.fixup = think_end_id is not None and config.router is not None
         self.steps = 0
@@ -438,41 +419,20 @@ class _CallState:
         self.B = B
         self.prompt_length = input_ids.shape[1]
         self.route = RouteState.start(B, device=scores.device)
-        self.seeds = _row_seeds(self.base_seed, B, scores.device)
+        self.seeds = policy.row_seeds(self.base_seed, B, scores.device)
 
     def step(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.steps == 0:
             self.start(input_ids, scores)
-        cfg = self.config
-        te = self.think_end_id
-        route = self.route
-        if self.fixup and self.steps > 0:
-            # A router-hard thinking step whose sampled token was the think-end token ended
-            # thinking: route_step only sees the top-1 soft candidate, so apply it here.
-            ended = (route.phase == PHASE_THINKING) & (input_ids[:, -1] == te)
-            route = RouteState(route.phase.masked_fill(ended, 0), route.low_count,
-                               route.think_steps)
+        # With a router, a think-end token sampled at a router-hard step ends thinking; without
+        # one every thinking step emits route_step's token, so the check would change nothing.
+        last = input_ids[:, -1] if self.fixup and self.steps > 0 else None
         # First step validates the data (NaN / inf, parameter ranges); later steps skip the
         # data check, which would read values back to the host every step.
-        tok = _ops.soft_embed(scores, self.weight, k=cfg.k, temperature=cfg.temperature,
-                              top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p, noise=self.noise,
-                              seed=self.seeds, offset=self.steps, validate=self.steps == 0)
-        top1 = tok.ids[:, 0]
-        rs = route_step(tok.entropy, tok.max_prob, top1, route, think_end_id=te,
-                        cold_stop_entropy=self.cs_entropy, cold_stop_patience=self.cs_patience,
-                        router_threshold=self.router, max_think_tokens=cfg.max_think_tokens)
-        soft = rs.mode == MODE_SOFT
-        # Rows that must emit rs.token: soft steps (top-1 slot) and think-end tokens of thinking
-        # rows (forced, or chosen by the model as its top-1 candidate).
-        force = soft if te is None else soft | ((route.phase == PHASE_THINKING) & (rs.token == te))
-        # out = scores - (+inf on forced rows, 0 elsewhere): x - 0 == x bit for bit (signed zeros
-        # included), so hard rows are untouched; a broadcast subtraction is ~8x faster on CPU
-        # than masked_fill with a broadcast row mask. Then the forced token gets score 0.
-        token = rs.token.unsqueeze(1)
-        keep = scores.gather(1, token)
-        penalty = torch.zeros_like(keep).masked_fill_(force.unsqueeze(1), math.inf)
-        out = scores - penalty
-        out.scatter_(1, token, torch.where(force.unsqueeze(1), torch.zeros_like(keep), keep))
+        st = policy.step(scores, self.weight, self.step_config, self.route, self.seeds,
+                         self.steps, last_token=last, validate=self.steps == 0)
+        tok, soft = st.tokens, st.soft
+        out = policy.force_scores(scores, st.force, st.token)
 
         self.pending_embeds = tok.embeds
         self.pending_mask = soft
@@ -485,9 +445,9 @@ class _CallState:
             r["noise"].append(tok.noise)
             r["entropy"].append(tok.entropy)
             r["max_prob"].append(tok.max_prob)
-            r["mode"].append(rs.mode)
-            r["phase"].append(rs.state.phase)
-        self.route = rs.state
+            r["mode"].append(st.mode)
+            r["phase"].append(st.state.phase)
+        self.route = st.state
         self.steps += 1
         return out
 
@@ -525,61 +485,12 @@ class _CallState:
         P = self.prompt_length
         T = min(self.steps, sequences.shape[1] - P)
         r = self.rec
-
-        def stack(name):
-            return torch.stack(r[name], 1)[:, :T]
-
-        ids, weights = stack("ids"), stack("weights")
-        noise = stack("noise") if r["noise"][0] is not None else None
-        entropy, max_prob = stack("entropy"), stack("max_prob")
-        mode, phase = stack("mode"), stack("phase")
-        B = mode.shape[0]
-        dev = mode.device
-        gen = sequences[:, P:P + T].to(dev)
-
-        if eos_token_id is None:
-            valid = torch.ones(B, T, dtype=torch.bool, device=dev)
-        else:
-            eos = torch.as_tensor(eos_token_id, device=dev).reshape(-1)
-            is_eos = torch.isin(gen, eos)
-            valid = (torch.cumsum(is_eos.to(torch.int32), 1) - is_eos.to(torch.int32)) == 0
-        mode = mode.masked_fill(~valid, MODE_HARD)
-
-        te = self.think_end_id
-        before = torch.cat([torch.ones(B, 1, dtype=phase.dtype, device=dev), phase[:, :-1]], 1)
-        ends = (before == PHASE_THINKING) & (phase != PHASE_THINKING)
-        if te is not None:
-            ends |= (before == PHASE_THINKING) & (gen == te)
-        ends &= valid
-        has_end = ends.any(1)
-        first = ends.to(torch.int32).argmax(1)
-        end_step = torch.where(has_end, first, torch.full_like(first, -1))
-        at = first.clamp(min=0).unsqueeze(1)
-        natural = torch.zeros(B, dtype=torch.bool, device=dev) if te is None else \
-            (gen.gather(1, at).squeeze(1) == te) & (mode.gather(1, at).squeeze(1) == MODE_HARD)
-        budget = torch.zeros_like(natural) if self.config.max_think_tokens is None else \
-            first >= self.config.max_think_tokens
-        reason = torch.where(natural, END_THINK_TOKEN,
-                             torch.where(budget, END_BUDGET, END_COLD_STOP))
-        reason = torch.where(has_end, reason, END_NONE).to(torch.int8)
-        # A think-end token sampled at a router-hard step is only seen by the state machine one
-        # step later: make `phase` say "answering" from every row's end step on.
-        steps = torch.arange(T, device=dev).unsqueeze(0)
-        phase = phase.masked_fill(has_end.unsqueeze(1) & (steps >= end_step.unsqueeze(1)), 0)
-
-        iterations = None
-        if self.iter_rec:
-            iterations = torch.stack(self.iter_rec, 1)[:, :T].to(dev).masked_fill(~valid, 0)
-        cfg = self.config
-        return SoftTrace(
-            ids=ids, weights=weights, noise=noise, entropy=entropy, max_prob=max_prob, mode=mode,
-            phase=phase, valid=valid, end_step=end_step, end_reason=reason,
-            seed=self.seeds.clone(),
-            offset=torch.arange(T, dtype=torch.int64, device=dev).expand(B, T).contiguous(),
-            prompt_length=P, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
-            top_p=cfg.top_p, min_p=cfg.min_p, noise_params=self.noise,
-            embed_scale=None if self.scale is None else float(self.scale),
-            think_end_id=te, max_think_tokens=cfg.max_think_tokens, iterations=iterations)
+        rec = {name: (torch.stack(v, 1)[:, :T] if v[0] is not None else None)
+               for name, v in r.items()}
+        iterations = torch.stack(self.iter_rec, 1)[:, :T] if self.iter_rec else None
+        return trace_from_steps(rec, sequences[:, P:P + T], eos_token_id, self.step_config,
+                                self.seeds, P, None if self.scale is None else float(self.scale),
+                                iterations)
 
 
 class _SoftThinkingProcessor:

@@ -27,10 +27,9 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from ..noise import Gaussian
-from ..ops import soft_embed
+from .. import policy
 from ..reference import _sort_desc
-from ..routing import MODE_SOFT, PHASE_THINKING, RouteState, route_step
+from ..routing import RouteState
 from .config import SoftThinkingConfig
 
 __all__ = ["ReferenceOutput", "generate_reference"]
@@ -88,7 +87,7 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
     ``pad_token_id``; no other logits processor is applied (use it for models whose generation
     config adds none).
     """
-    from .patching import _embed_scale, _row_seeds
+    from .patching import _embed_scale
     cfg = config.iterate_hard
     if cfg is None:
         raise ValueError("generate_reference: config.iterate_hard is None")
@@ -96,10 +95,7 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
     E = emb.weight
     scale = _embed_scale(emb)
     scale = None if scale is None else scale.to(device=E.device, dtype=E.dtype)
-    noise = config.noise
-    if isinstance(noise, Gaussian) and noise.relative:
-        noise = noise.absolute(E)
-    if noise is not None and config.seed is None:
+    if config.noise is not None and config.seed is None:
         raise ValueError("generate_reference: set config.seed when config.noise is given")
     gc = model.generation_config
     eos = gc.eos_token_id if not isinstance(gc.eos_token_id, list) else gc.eos_token_id[0]
@@ -107,7 +103,7 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
     te = config.think_end if isinstance(config.think_end, int) else None
     if isinstance(config.think_end, str):
         raise ValueError("generate_reference: pass think_end as a token id")
-    cs = config.cold_stop
+    step_cfg = policy.StepConfig.resolve(config, te, E)
 
     B, P = input_ids.shape
     dev = input_ids.device
@@ -115,7 +111,7 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
     pos = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
     X = emb(input_ids)
     state = RouteState.start(B, device=dev)
-    seeds = _row_seeds(config.seed if config.seed is not None else 0, B, dev)
+    seeds = policy.row_seeds(config.seed if config.seed is not None else 0, B, dev)
     unfinished = torch.ones(B, dtype=torch.bool, device=dev)
     seq = input_ids.clone()
     iters_all, modes, scores = [], [], []
@@ -168,34 +164,21 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
 
             # Soft thinking (docs/hf.md), greedy.
             sc = cum.float()
-            if te is not None and config.router is not None and t > 0:
-                ended = (state.phase == PHASE_THINKING) & (seq[:, -1] == te)
-                state = RouteState(state.phase.masked_fill(ended, 0), state.low_count,
-                                   state.think_steps)
-            st = soft_embed(sc, E, k=config.k, temperature=config.temperature,
-                            top_k=config.top_k, top_p=config.top_p, min_p=config.min_p,
-                            noise=noise, seed=seeds, offset=t)
-            rs = route_step(st.entropy, st.max_prob, st.ids[:, 0], state, think_end_id=te,
-                            cold_stop_entropy=None if cs is None else cs.entropy_threshold,
-                            cold_stop_patience=256 if cs is None else cs.patience,
-                            router_threshold=None if config.router is None
-                            else config.router.threshold,
-                            max_think_tokens=config.max_think_tokens)
-            soft = rs.mode == MODE_SOFT
-            force = soft if te is None else soft | ((state.phase == PHASE_THINKING) &
-                                                    (rs.token == te))
-            nxt = torch.where(force, rs.token, sc.argmax(-1))
+            last = seq[:, -1] if config.router is not None and t > 0 else None
+            st = policy.step(sc, E, step_cfg, state, seeds, t, last_token=last, validate=True)
+            soft = st.soft
+            nxt = torch.where(st.force, st.token, sc.argmax(-1))
             nxt = torch.where(unfinished, nxt, torch.full_like(nxt, pad))
             e = emb(nxt[:, None])
-            se = st.embeds if scale is None else st.embeds * scale
+            se = st.tokens.embeds if scale is None else st.tokens.embeds * scale
             e = torch.where(soft[:, None, None], se[:, None].to(e.dtype), e)
             X = torch.cat([X, e], 1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
             pos = torch.cat([pos, pos[:, -1:] + 1], 1)
             seq = torch.cat([seq, nxt[:, None]], 1)
             iters_all.append(its.masked_fill(~unfinished, 0))
-            modes.append(rs.mode.masked_fill(~unfinished, 0))
-            state = rs.state
+            modes.append(st.mode.masked_fill(~unfinished, 0))
+            state = st.state
             if eos is not None:
                 unfinished = unfinished & (nxt != eos)
             if not unfinished.any():

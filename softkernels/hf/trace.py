@@ -12,13 +12,14 @@ bit, or to recompute the soft token's log-probability under new logits (SofT-GRP
 from __future__ import annotations
 
 from dataclasses import dataclass, fields, replace
-from typing import Optional
+from typing import Dict, Optional
 
 import torch
 
 from ..noise import Gaussian, Noise
+from ..routing import PHASE_THINKING
 
-__all__ = ["SoftTrace", "MODE_HARD", "MODE_SOFT", "MODE_FORCED_END", "END_NONE",
+__all__ = ["SoftTrace", "trace_from_steps", "MODE_HARD", "MODE_SOFT", "MODE_FORCED_END", "END_NONE",
            "END_THINK_TOKEN", "END_BUDGET", "END_COLD_STOP", "END_REASONS"]
 
 MODE_HARD, MODE_SOFT, MODE_FORCED_END = 0, 1, 2
@@ -123,3 +124,65 @@ class SoftTrace:
         moved = {f.name: getattr(self, f.name).to(device) for f in fields(self)
                  if isinstance(getattr(self, f.name), torch.Tensor)}
         return replace(self, **moved)
+
+
+def trace_from_steps(rec: Dict[str, Optional[torch.Tensor]], generated: torch.Tensor,
+                     eos_token_id, cfg, seed: torch.Tensor, prompt_length: int,
+                     embed_scale: Optional[float],
+                     iterations: Optional[torch.Tensor] = None) -> SoftTrace:
+    """The :class:`SoftTrace` of B rows from what every step recorded (shared by the engines).
+
+    Args:
+        rec: per-step records stacked over T steps: "ids", "weights", "noise" (or None) [B, T, k],
+            "entropy", "max_prob", "mode" (route_step's), "phase" (after the step) [B, T].
+        generated: int64 [B, T] the token each step emitted (as the engine returned it).
+        eos_token_id: int, list of ints or None: a row's steps after its first EOS are invalid.
+        cfg: the rows' :class:`softkernels.policy.StepConfig`.
+        seed: int64 [B] the rows' Philox keys; step t used offset t.
+        prompt_length: columns of the engine's sequences before step 0.
+        embed_scale: the input embedding's scale factor, or None.
+        iterations: int8 [B, T] Think-at-Hard iterations, or None.
+    """
+    ids, weights, noise = rec["ids"], rec["weights"], rec["noise"]
+    entropy, max_prob, mode, phase = rec["entropy"], rec["max_prob"], rec["mode"], rec["phase"]
+    B, T = mode.shape
+    dev = mode.device
+    gen = generated.to(dev)
+    if eos_token_id is None:
+        valid = torch.ones(B, T, dtype=torch.bool, device=dev)
+    else:
+        eos = torch.as_tensor(eos_token_id, device=dev).reshape(-1)
+        is_eos = torch.isin(gen, eos)
+        valid = (torch.cumsum(is_eos.to(torch.int32), 1) - is_eos.to(torch.int32)) == 0
+    mode = mode.masked_fill(~valid, MODE_HARD)
+
+    te = cfg.think_end_id
+    before = torch.cat([torch.ones(B, 1, dtype=phase.dtype, device=dev), phase[:, :-1]], 1)
+    ends = (before == PHASE_THINKING) & (phase != PHASE_THINKING)
+    if te is not None:
+        ends |= (before == PHASE_THINKING) & (gen == te)
+    ends &= valid
+    has_end = ends.any(1)
+    first = ends.to(torch.int32).argmax(1)
+    end_step = torch.where(has_end, first, torch.full_like(first, -1)).to(torch.int64)
+    at = first.clamp(min=0).unsqueeze(1)
+    natural = torch.zeros(B, dtype=torch.bool, device=dev) if te is None or T == 0 else \
+        (gen.gather(1, at).squeeze(1) == te) & (mode.gather(1, at).squeeze(1) == MODE_HARD)
+    budget = torch.zeros_like(natural) if cfg.max_think_tokens is None else \
+        first >= cfg.max_think_tokens
+    reason = torch.where(natural, END_THINK_TOKEN, torch.where(budget, END_BUDGET, END_COLD_STOP))
+    reason = torch.where(has_end, reason, END_NONE).to(torch.int8)
+    # A think-end token the engine chose itself (a router-hard step's sample) is only seen by the
+    # state machine one step later: make `phase` say "answering" from every row's end step on.
+    steps = torch.arange(T, device=dev).unsqueeze(0)
+    phase = phase.masked_fill(has_end.unsqueeze(1) & (steps >= end_step.unsqueeze(1)), 0)
+    if iterations is not None:
+        iterations = iterations.to(dev).masked_fill(~valid, 0)
+    return SoftTrace(
+        ids=ids, weights=weights, noise=noise, entropy=entropy, max_prob=max_prob, mode=mode,
+        phase=phase, valid=valid, end_step=end_step, end_reason=reason,
+        seed=seed.to(dev).clone(),
+        offset=torch.arange(T, dtype=torch.int64, device=dev).expand(B, T).contiguous(),
+        prompt_length=prompt_length, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
+        top_p=cfg.top_p, min_p=cfg.min_p, noise_params=cfg.noise, embed_scale=embed_scale,
+        think_end_id=te, max_think_tokens=cfg.max_think_tokens, iterations=iterations)
