@@ -1,0 +1,97 @@
+"""Front-end side of the vLLM plug-in: request admission (validation, defaults, cache salt).
+
+``InputProcessor.process_inputs`` (wrapped by :func:`install`) turns each request's soft-thinking
+settings into their final, explicit form before the request reaches the engine core:
+
+* the engine default (``engine_kwargs(default=...)``, kept in ``additional_config``) is merged in,
+  so the scheduler and the workers only ever read the request's own ``extra_args``;
+* the config is validated (a ValueError reaches the caller, HTTP 400 over the server), the
+  think-end string resolved with the engine's tokenizer, a missing seed drawn once (so the trace
+  names it and a recomputed request draws the same noise);
+* a soft request gets its own ``cache_salt``: vLLM's prefix cache keys blocks by token ids, and a
+  soft request's KV after its prompt is computed from soft inputs, so no other request may reuse
+  its blocks and it may reuse no one else's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import secrets
+import uuid
+
+from ..hf.patching import _check_top_k, _resolve_think_end
+from . import args as _args
+
+__all__ = ["install", "admit"]
+
+_PENALTIES = (("repetition_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0))
+
+
+def _default_of(vllm_config):
+    addl = getattr(vllm_config, "additional_config", None) or {}
+    return addl.get(_args.KEY) if isinstance(addl, dict) else None
+
+
+def _engine_has_plugin(vllm_config) -> bool:
+    procs = getattr(vllm_config.model_config, "logits_processors", None) or ()
+    return any((p if isinstance(p, str) else f"{p.__module__}:{p.__qualname__}").endswith(
+        "SoftThinkingLogitsProcessor") for p in procs)
+
+
+def admit(input_processor, sampling_params) -> bool:
+    """Resolves a request's soft-thinking settings in place (its private SamplingParams copy).
+
+    Returns whether the request thinks softly. Raises ValueError naming what is wrong.
+    """
+    vllm_config = input_processor.vllm_config
+    default = _default_of(vllm_config)
+    extra = sampling_params.extra_args
+    if default is None and not (extra and _args.KEY in extra):
+        return False
+    cfg = _args.config_from_args(extra, default)
+    if cfg is None:
+        return False
+    if not _engine_has_plugin(vllm_config):
+        raise ValueError("softkernels.vllm: this request asks for soft thinking but the engine was "
+                         "not created with **softkernels.vllm.engine_kwargs(); create it with them")
+    for name, neutral in _PENALTIES:
+        value = getattr(sampling_params, name, neutral)
+        if value != neutral:
+            raise ValueError(f"softkernels.vllm: SamplingParams.{name}={value} is not supported "
+                             "with soft thinking (vLLM applies penalties after logits processors, "
+                             "so soft tokens would be computed without them, unlike the Hugging "
+                             f"Face layer); use {name}={neutral} or turn soft thinking off for "
+                             "this request")
+    mc = vllm_config.model_config
+    V = mc.get_vocab_size()
+    _check_top_k(cfg, V)
+    te = cfg.think_end
+    if isinstance(te, str):
+        te = _resolve_think_end(te, input_processor.get_tokenizer(), V)
+    elif te is not None:
+        te = _resolve_think_end(te, None, V)
+    seed = cfg.seed if cfg.seed is not None else secrets.randbits(63)
+    resolved = dataclasses.replace(cfg, think_end=te, seed=seed)
+    sampling_params.extra_args = {**(extra or {}), **_args.request_args(resolved)}
+    return True
+
+
+def install() -> None:
+    """Wraps InputProcessor.process_inputs (idempotent)."""
+    from vllm.v1.engine.input_processor import InputProcessor
+    if getattr(InputProcessor, "_softkernels_installed", False):
+        return
+    original = InputProcessor.process_inputs
+
+    def process_inputs(self, *args, **kwargs):
+        request = original(self, *args, **kwargs)
+        sp = getattr(request, "sampling_params", None)
+        if sp is not None and admit(self, sp):
+            salt = f"softkernels-{uuid.uuid4().hex}"
+            request.cache_salt = salt if request.cache_salt is None \
+                else f"{request.cache_salt}|{salt}"
+        return request
+
+    process_inputs.__wrapped__ = original
+    InputProcessor.process_inputs = process_inputs
+    InputProcessor._softkernels_installed = True

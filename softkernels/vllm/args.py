@@ -1,0 +1,197 @@
+"""Per-request soft-thinking settings as a flat, JSON-serialisable dict (``SamplingParams.extra_args``).
+
+vLLM's OpenAI-compatible server accepts per-request ``vllm_xargs`` whose values are strings,
+numbers or lists of them, so every field of :class:`softkernels.SoftThinkingConfig` is one flat
+key here (booleans as 0/1, absent = None). The same dict works in ``SamplingParams(extra_args=...)``
+and in an HTTP request's ``vllm_xargs``.
+
+This module imports neither vLLM nor transformers.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Mapping, Optional, Union
+
+from ..hf.config import ColdStop, ConfidenceRouter, SoftThinkingConfig
+from ..noise import Dirichlet, Gaussian, Gumbel
+
+__all__ = ["KEY", "request_args", "config_from_args", "is_soft"]
+
+KEY = "softkernels"        # 1 = soft thinking on for this request, 0 = off
+_P = KEY + "_"             # prefix of every other key
+
+# Every key this module writes or reads (anything else with the prefix is refused).
+_FIELDS = ("k", "temperature", "top_k", "top_p", "min_p", "noise", "noise_tau", "noise_scale",
+           "noise_clamp_lo", "noise_clamp_hi", "noise_alpha", "noise_sigma", "noise_relative",
+           "think_end", "cold_stop_entropy", "cold_stop_patience", "router_threshold",
+           "max_think_tokens", "seed")
+
+
+def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
+    """The ``extra_args`` that make one vLLM request think as ``config`` says.
+
+    Args:
+        config: a :class:`softkernels.SoftThinkingConfig`, or ``False`` to turn soft thinking off
+            for this request on an engine whose ``engine_kwargs(default=...)`` turned it on for
+            every request.
+
+    Returns:
+        A flat dict (str keys; int, float or str values), e.g.
+        ``{"softkernels": 1, "softkernels_k": 10, "softkernels_temperature": 0.6, ...}``. Merge it
+        with your own extra_args if you have any: ``extra_args={**mine, **request_args(cfg)}``.
+
+    Raises:
+        TypeError: ``config`` is neither a SoftThinkingConfig nor False.
+        ValueError: ``config.iterate_hard`` is set (Think-at-Hard runs extra forwards per step,
+            which vLLM's scheduler cannot schedule; use the Hugging Face layer for it).
+    """
+    if config is False:
+        return {KEY: 0}
+    if not isinstance(config, SoftThinkingConfig):
+        raise TypeError(f"softkernels.vllm.request_args: config must be a "
+                        f"softkernels.SoftThinkingConfig or False, got {type(config).__name__} "
+                        f"{config!r}")
+    if config.iterate_hard is not None:
+        raise ValueError("softkernels.vllm.request_args: SoftThinkingConfig.iterate_hard is not "
+                         "supported in vLLM (Think-at-Hard runs extra forwards per step for some "
+                         "rows, which vLLM's scheduler cannot schedule); use softkernels.patch on "
+                         "a Hugging Face model for it")
+    out: Dict[str, Any] = {KEY: 1, _P + "k": config.k, _P + "temperature": config.temperature,
+                           _P + "top_k": config.top_k, _P + "top_p": config.top_p,
+                           _P + "min_p": config.min_p}
+    noise = config.noise
+    if isinstance(noise, Gumbel):
+        out[_P + "noise"] = "gumbel"
+        out[_P + "noise_tau"] = noise.tau
+        out[_P + "noise_scale"] = noise.scale
+        if noise.clamp is not None:
+            out[_P + "noise_clamp_lo"], out[_P + "noise_clamp_hi"] = noise.clamp
+    elif isinstance(noise, Dirichlet):
+        out[_P + "noise"] = "dirichlet"
+        out[_P + "noise_alpha"] = noise.alpha
+    elif isinstance(noise, Gaussian):
+        out[_P + "noise"] = "gaussian"
+        out[_P + "noise_sigma"] = noise.sigma
+        out[_P + "noise_relative"] = int(noise.relative)
+    if config.think_end is not None:
+        out[_P + "think_end"] = config.think_end
+    if config.cold_stop is not None:
+        out[_P + "cold_stop_entropy"] = config.cold_stop.entropy_threshold
+        out[_P + "cold_stop_patience"] = config.cold_stop.patience
+    if config.router is not None:
+        out[_P + "router_threshold"] = config.router.threshold
+    if config.max_think_tokens is not None:
+        out[_P + "max_think_tokens"] = config.max_think_tokens
+    if config.seed is not None:
+        out[_P + "seed"] = config.seed
+    return out
+
+
+def is_soft(extra_args: Optional[Mapping[str, Any]], default_on: bool) -> bool:
+    """Whether a request with these extra_args thinks softly (``default_on``: the engine default)."""
+    if not extra_args or KEY not in extra_args:
+        return default_on
+    return bool(_int(extra_args, KEY))
+
+
+def _int(args: Mapping[str, Any], key: str) -> int:
+    v = args[key]
+    if isinstance(v, str):      # vllm_xargs from a form or a query string may arrive as text
+        try:
+            v = int(v)
+        except ValueError:
+            pass
+    if isinstance(v, float) and v.is_integer():
+        v = int(v)
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise TypeError(f"extra_args[{key!r}] must be an int, got {type(v).__name__} {v!r}")
+    return v
+
+
+def _float(args: Mapping[str, Any], key: str) -> float:
+    v = args[key]
+    if isinstance(v, str):
+        try:
+            v = float(v)
+        except ValueError:
+            pass
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"extra_args[{key!r}] must be a number, got {type(v).__name__} {v!r}")
+    return float(v)
+
+
+def config_from_args(extra_args: Optional[Mapping[str, Any]],
+                     default: Optional[Mapping[str, Any]] = None) -> Optional[SoftThinkingConfig]:
+    """The SoftThinkingConfig of a request, or None when it does not think softly.
+
+    Args:
+        extra_args: the request's ``SamplingParams.extra_args`` (other keys are ignored).
+        default: the engine's default, as :func:`request_args` wrote it (or None: requests are
+            plain unless they ask). A request's own ``softkernels`` key wins; when it has none,
+            the default's keys are used.
+
+    Raises:
+        ValueError / TypeError: a key with the ``softkernels_`` prefix that is unknown, or a value
+            that SoftThinkingConfig refuses (the message names the key or the field).
+    """
+    extra_args = extra_args or {}
+    if KEY in extra_args:
+        if not _int(extra_args, KEY):
+            return None
+        args = extra_args
+    elif default is not None and KEY in default and _int(default, KEY):
+        args = default
+    else:
+        return None
+    for key in args:
+        if isinstance(key, str) and key.startswith(_P) and key[len(_P):] not in _FIELDS:
+            raise ValueError(f"extra_args: unknown soft-thinking key {key!r}; known keys: "
+                             f"{KEY!r} and " + ", ".join(repr(_P + f) for f in _FIELDS))
+
+    def has(name):
+        return _P + name in args
+
+    kw: Dict[str, Any] = {}
+    for name in ("k", "top_k"):
+        if has(name):
+            kw[name] = _int(args, _P + name)
+    for name in ("temperature", "top_p", "min_p"):
+        if has(name):
+            kw[name] = _float(args, _P + name)
+    kind = args.get(_P + "noise")
+    if kind == "gumbel":
+        lo_hi = (has("noise_clamp_lo"), has("noise_clamp_hi"))
+        if lo_hi[0] != lo_hi[1]:
+            raise ValueError("extra_args: give both softkernels_noise_clamp_lo and "
+                             "softkernels_noise_clamp_hi, or neither (no clamp)")
+        kw["noise"] = Gumbel(
+            tau=_float(args, _P + "noise_tau") if has("noise_tau") else 0.5,
+            scale=_float(args, _P + "noise_scale") if has("noise_scale") else 1.0,
+            clamp=(_float(args, _P + "noise_clamp_lo"), _float(args, _P + "noise_clamp_hi"))
+            if lo_hi[0] else None)
+    elif kind == "dirichlet":
+        kw["noise"] = Dirichlet(alpha=_float(args, _P + "noise_alpha")
+                                if has("noise_alpha") else 4.0)
+    elif kind == "gaussian":
+        kw["noise"] = Gaussian(
+            sigma=_float(args, _P + "noise_sigma") if has("noise_sigma") else 0.33,
+            relative=bool(_int(args, _P + "noise_relative")) if has("noise_relative") else True)
+    elif kind is not None:
+        raise ValueError(f"extra_args['softkernels_noise'] must be 'gumbel', 'dirichlet' or "
+                         f"'gaussian', got {kind!r}")
+    if has("think_end"):
+        te = args[_P + "think_end"]
+        kw["think_end"] = te if isinstance(te, str) and not te.lstrip("-").isdigit() \
+            else _int(args, _P + "think_end")
+    if has("cold_stop_entropy") or has("cold_stop_patience"):
+        kw["cold_stop"] = ColdStop(
+            entropy_threshold=_float(args, _P + "cold_stop_entropy")
+            if has("cold_stop_entropy") else 0.01,
+            patience=_int(args, _P + "cold_stop_patience") if has("cold_stop_patience") else 256)
+    if has("router_threshold"):
+        kw["router"] = ConfidenceRouter(_float(args, _P + "router_threshold"))
+    if has("max_think_tokens"):
+        kw["max_think_tokens"] = _int(args, _P + "max_think_tokens")
+    if has("seed"):
+        kw["seed"] = _int(args, _P + "seed")
+    return SoftThinkingConfig(**kw)
