@@ -79,10 +79,12 @@ def engine_kwargs(default: Optional[SoftThinkingConfig] = None) -> Dict:
 
 
 def _merge(results) -> Dict[str, SoftTrace]:
+    from ._worker import from_wire
     merged: Dict[str, SoftTrace] = {}
     for r in results:          # every tensor-parallel rank holds the same traces: keep one
         for k, v in (r or {}).items():
-            merged.setdefault(k, v)
+            if k not in merged:
+                merged[k] = from_wire(v)
     return merged
 
 
@@ -98,11 +100,11 @@ def pop_traces(llm, request_ids: Iterable[str]) -> Dict[str, SoftTrace]:
         have finished; plain requests and unknown ids are left out. Traces nobody pops are
         dropped, oldest first, beyond 4096 finished requests per engine.
     """
-    from ._worker import pop_on_worker
-    return _merge(llm.collective_rpc(pop_on_worker, args=(list(request_ids),)))
+    from ._worker import POP_METHOD
+    return _merge(llm.collective_rpc(POP_METHOD, args=(list(request_ids),)))
 
 
 async def pop_traces_async(engine, request_ids: Iterable[str]) -> Dict[str, SoftTrace]:
     """:func:`pop_traces` for a ``vllm.v1.engine.async_llm.AsyncLLM`` (awaits its collective_rpc)."""
-    from ._worker import pop_on_worker
-    return _merge(await engine.collective_rpc(pop_on_worker, args=(list(request_ids),)))
+    from ._worker import POP_METHOD
+    return _merge(await engine.collective_rpc(POP_METHOD, args=(list(request_ids),)))

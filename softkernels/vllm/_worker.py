@@ -639,12 +639,58 @@ def install() -> None:
     GPUModelRunner._preprocess = _preprocess
     GPUModelRunner._sample = _sample
     GPUModelRunner._softkernels_installed = True
+    # A named worker method, so that collective_rpc reaches it without pickling a function
+    # (vLLM refuses pickled callables between processes unless told to allow them); the single
+    # worker_extension_cls slot stays free for RL frameworks' weight sync.
+    from vllm.v1.worker.worker_base import WorkerBase
+    WorkerBase.softkernels_pop_traces = pop_on_worker
 
 
-def pop_on_worker(worker, request_ids: List[str]) -> Dict[str, SoftTrace]:
-    """collective_rpc target: pops traces from this worker's model runner (CPU tensors)."""
+POP_METHOD = "softkernels_pop_traces"
+
+
+def pop_on_worker(worker, request_ids: List[str]) -> Dict[str, Dict[str, Any]]:
+    """collective_rpc target: pops traces from this worker's model runner, as wire dicts."""
     runner = getattr(worker, "model_runner", None)
     soft = _soft_of(runner) if runner is not None else None
     if soft is None:
         return {}
-    return {rid: t.to("cpu") for rid, t in soft.pop(request_ids).items()}
+    return {rid: to_wire(t) for rid, t in soft.pop(request_ids).items()}
+
+
+def to_wire(trace: SoftTrace) -> Dict[str, Any]:
+    """A SoftTrace as a dict of CPU tensors and plain values (vLLM's IPC encodes those)."""
+    out: Dict[str, Any] = {}
+    for f in dataclasses.fields(trace):
+        v = getattr(trace, f.name)
+        if isinstance(v, torch.Tensor):
+            # raw bytes + dtype + shape: vLLM's multi-process IPC turns nested tensors into lists
+            t = v.detach().cpu().contiguous()
+            v = {"tensor": str(t.dtype).replace("torch.", ""), "shape": list(t.shape),
+                 "data": t.view(torch.uint8).numpy().tobytes() if t.numel() else b""}
+        elif f.name == "noise_params" and v is not None:
+            v = {"kind": type(v).__name__, **{k: (list(x) if isinstance(x, tuple) else x)
+                                              for k, x in dataclasses.asdict(v).items()}}
+        out[f.name] = v
+    return out
+
+
+def from_wire(d: Dict[str, Any]) -> SoftTrace:
+    """Inverse of :func:`to_wire`."""
+    from .. import noise as _noise
+    d = dict(d)
+    for k, v in list(d.items()):
+        if isinstance(v, dict) and "tensor" in v:
+            dtype = getattr(torch, v["tensor"])
+            raw = torch.frombuffer(bytearray(v["data"]), dtype=torch.uint8) if v["data"] \
+                else torch.zeros(0, dtype=torch.uint8)
+            d[k] = raw.view(dtype).reshape(v["shape"]) if v["data"] \
+                else torch.zeros(v["shape"], dtype=dtype)
+    n = d.get("noise_params")
+    if isinstance(n, dict):
+        n = dict(n)
+        kind = getattr(_noise, n.pop("kind"))
+        if "clamp" in n and n["clamp"] is not None:
+            n["clamp"] = tuple(n["clamp"])
+        d["noise_params"] = kind(**n)
+    return SoftTrace(**d)

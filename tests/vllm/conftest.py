@@ -29,21 +29,28 @@ def smollm_path():
     return str(cache_dir())
 
 
+_ALIVE = []
+
+
 def engine(path, **kw):
-    """A vLLM engine on ``path`` with the plug-in (fp32, eager, 32-token blocks)."""
+    """A vLLM engine on ``path`` with the plug-in (fp32, eager, 32-token blocks).
+
+    Engines stay alive until the session ends: an in-process engine that is garbage collected
+    tears down vLLM's process-wide distributed state, which breaks the other engines.
+    """
     import softkernels.vllm as skv
     args = dict(model=path, dtype="float32", enforce_eager=True, block_size=32,
                 max_model_len=512, seed=0)
     args.update(kw)
     default = args.pop("default", None)
-    return vllm.LLM(**args, **skv.engine_kwargs(default=default))
+    e = vllm.LLM(**args, **skv.engine_kwargs(default=default))
+    _ALIVE.append(e)
+    return e
 
 
 @pytest.fixture(scope="session")
 def llm(smollm_path):
-    e = engine(smollm_path)
-    yield e
-    del e
+    return engine(smollm_path)
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,224 @@
+"""softkernels.vllm under what vLLM does to requests: preemption and recompute, chunked prefill,
+prefix caching, aborts, AsyncLLM, a multi-process engine that loads the plug-in from its entry
+point; and the engine settings it refuses."""
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+import softkernels as sk
+import softkernels.vllm as skv
+from conftest import PROMPTS, engine
+from test_vllm_plugin import _mixture_gap, _sp, _tokens
+
+vllm = pytest.importorskip("vllm")
+
+
+def test_preemption_and_chunked_recompute_give_the_same_tokens(llm, smollm_path, monkeypatch):
+    from vllm.v1.core.sched.scheduler import Scheduler
+    preempted = []
+    original = Scheduler._preempt_request
+
+    def counting(self, request, *a, **kw):
+        preempted.append(request.request_id)
+        return original(self, request, *a, **kw)
+
+    monkeypatch.setattr(Scheduler, "_preempt_request", counting)
+    # 8 blocks of 32 tokens for 6 requests of ~8 + 72 tokens: vLLM must preempt, then recompute
+    # the preempted requests (prompt and soft history) in chunks of at most 48 tokens.
+    small = engine(smollm_path, max_model_len=128, num_gpu_blocks_override=8,
+                   enable_chunked_prefill=True, max_num_batched_tokens=48, max_num_seqs=6)
+    cfgs = [sk.SoftThinkingConfig(k=4), sk.SoftThinkingConfig(k=6, noise=sk.Gumbel(), seed=2),
+            sk.SoftThinkingConfig(k=4, noise=sk.Gaussian(0.2), seed=5)]
+    params = [_sp(cfgs[i % 3], n=72, ignore_eos=True) for i in range(6)]
+    got = small.generate(PROMPTS, params, use_tqdm=False)
+    traces = skv.pop_traces(small, [o.request_id for o in got])
+    assert preempted, "the small KV cache did not preempt: the test would prove nothing"
+    want = llm.generate(PROMPTS, params, use_tqdm=False)
+    want_traces = skv.pop_traces(llm, [o.request_id for o in want])
+    assert _tokens(got) == _tokens(want)
+    for g, w in zip(got, want):
+        x, y = traces[g.request_id], want_traces[w.request_id]
+        assert x.num_steps == y.num_steps == 72
+        assert torch.equal(x.mode, y.mode) and torch.equal(x.ids[0, :, 0], y.ids[0, :, 0])
+        for t in range(12):
+            assert _mixture_gap(x, y, t) <= 5e-3
+
+
+def test_prefix_cache_never_serves_blocks_computed_from_soft_inputs(llm, smollm_path):
+    from vllm.inputs import TokensPrompt
+    assert llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
+    soft = llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig(k=8), n=48, ignore_eos=True),
+                        use_tqdm=False)[0]
+    # A plain request whose prompt is the soft request's prompt and thought: its first blocks
+    # have the same token ids as blocks the soft request computed from soft inputs.
+    ids = list(soft.prompt_token_ids) + list(soft.outputs[0].token_ids)
+    got = llm.generate([TokensPrompt(prompt_token_ids=ids)], _sp(n=16), use_tqdm=False)[0]
+    fresh = engine(smollm_path, enable_prefix_caching=False)
+    want = fresh.generate([TokensPrompt(prompt_token_ids=ids)], _sp(n=16), use_tqdm=False)[0]
+    assert list(got.outputs[0].token_ids) == list(want.outputs[0].token_ids)
+    # and a soft request repeated gives the same thought (its own blocks are salted)
+    again = llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig(k=8), n=48, ignore_eos=True),
+                         use_tqdm=False)[0]
+    assert list(again.outputs[0].token_ids) == list(soft.outputs[0].token_ids)
+    skv.pop_traces(llm, [soft.request_id, again.request_id])
+
+
+def test_soft_requests_get_their_own_cache_salt(llm):
+    from vllm.v1.engine.input_processor import InputProcessor
+    ip = llm.llm_engine.input_processor
+    assert isinstance(ip, InputProcessor)
+    tasks = llm.llm_engine.get_supported_tasks() if hasattr(llm.llm_engine,
+                                                           "get_supported_tasks") else ("generate",)
+    reqs = [ip.process_inputs(f"r{i}", {"prompt": "Hello"}, sp, tasks)
+            for i, sp in enumerate([_sp(sk.SoftThinkingConfig()), _sp(sk.SoftThinkingConfig()),
+                                    _sp()])]
+    assert reqs[0].cache_salt and reqs[1].cache_salt and reqs[0].cache_salt != reqs[1].cache_salt
+    assert reqs[2].cache_salt is None
+    # the request's own copy of the params holds the resolved config (seed drawn, k, ...)
+    cfg = skv.config_from_args(reqs[0].sampling_params.extra_args)
+    assert cfg.seed is not None and cfg.k == 10
+
+
+def test_async_llm_abort_and_pop_traces_async(llm, smollm_path):
+    from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.v1.engine.async_llm import AsyncLLM
+    args = AsyncEngineArgs(model=smollm_path, dtype="float32", enforce_eager=True, block_size=32,
+                           max_model_len=512, seed=0, **skv.engine_kwargs())
+    eng = AsyncLLM.from_engine_args(args)
+    cfg = sk.SoftThinkingConfig(k=4)
+    sp = _sp(cfg, n=40, ignore_eos=True)
+
+    async def run(i, abort_after=None):
+        last = None
+        async for out in eng.generate(PROMPTS[i], sp, request_id=f"req{i}"):
+            last = out
+            if abort_after is not None and len(out.outputs[0].token_ids) >= abort_after:
+                await eng.abort(f"req{i}")
+                break
+        return last
+
+    async def main():
+        outs = await asyncio.gather(run(0), run(1, abort_after=5), run(2))
+        await asyncio.sleep(0.5)
+        traces = await skv.pop_traces_async(eng, ["req0", "req1", "req2"])
+        return outs, traces
+
+    try:
+        outs, traces = asyncio.run(main())
+    finally:
+        eng.shutdown()
+    want = llm.generate([PROMPTS[0], PROMPTS[2]], sp, use_tqdm=False)
+    skv.pop_traces(llm, [o.request_id for o in want])
+    assert list(outs[0].outputs[0].token_ids) == list(want[0].outputs[0].token_ids)
+    assert list(outs[2].outputs[0].token_ids) == list(want[1].outputs[0].token_ids)
+    assert traces["req0"].num_steps == 40 and traces["req2"].num_steps == 40
+    assert traces["req0"].ids[0, :, 0].tolist() == list(outs[0].outputs[0].token_ids)
+    if "req1" in traces:     # aborted after >= 5 tokens: its steps so far
+        assert 5 <= traces["req1"].num_steps < 40
+
+
+_CHILD = textwrap.dedent("""
+    import json, os, sys
+    import vllm, softkernels as sk
+    from softkernels import vllm as skv
+    llm = vllm.LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, block_size=32,
+                   max_model_len=256, seed=0, **skv.engine_kwargs())
+    sp = vllm.SamplingParams(temperature=0.0, max_tokens=24,
+                             extra_args=skv.request_args(sk.SoftThinkingConfig(k=4)))
+    outs = llm.generate(json.loads(sys.argv[2]), sp, use_tqdm=False)
+    tr = skv.pop_traces(llm, [o.request_id for o in outs])
+    print("RESULT", json.dumps({"tokens": [list(o.outputs[0].token_ids) for o in outs],
+                                "top1": [tr[o.request_id].ids[0, :, 0].tolist() for o in outs],
+                                "pid": os.getpid()}))
+""")
+
+
+def test_multiprocess_engine_loads_the_plugin_from_its_entry_point(llm, smollm_path):
+    from importlib.metadata import entry_points
+    eps = [e for e in entry_points(group="vllm.general_plugins") if e.name == "softkernels"]
+    assert eps and eps[0].value == "softkernels.vllm:register"
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1", VLLM_WORKER_MULTIPROC_METHOD="spawn")
+    # spawn: the engine-core process starts from a fresh interpreter, so the hooks it runs come
+    # from vLLM's plug-in loader (the entry point), not from this process.
+    r = subprocess.run([sys.executable, "-c", _CHILD, smollm_path, json.dumps(PROMPTS[:2])],
+                       env=env, capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, r.stderr[-3000:]
+    res = json.loads(line[len("RESULT "):])
+    want = llm.generate(PROMPTS[:2], _sp(sk.SoftThinkingConfig(k=4), n=24), use_tqdm=False)
+    skv.pop_traces(llm, [o.request_id for o in want])
+    assert res["tokens"] == _tokens(want)
+    assert res["top1"] == res["tokens"]
+
+
+def _config(smollm_path, **kw):
+    from vllm.engine.arg_utils import EngineArgs
+    return EngineArgs(model=smollm_path, dtype="float32", enforce_eager=True, block_size=32,
+                      max_model_len=256, **kw).create_engine_config()
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(speculative_config={"method": "ngram", "num_speculative_tokens": 2,
+                              "prompt_lookup_max": 2}), "speculative decoding"),
+    (dict(kv_transfer_config={"kv_connector": "ExampleConnector", "kv_role": "kv_both",
+                              "kv_connector_extra_config": {"shared_storage_path": "/tmp/x"}}),
+     "kv_transfer_config"),
+    (dict(), "enable_prompt_embeds"),
+])
+def test_unsupported_engine_settings_are_refused_at_creation(smollm_path, kw, match):
+    from softkernels.vllm._worker import SoftThinkingLogitsProcessor
+    if "speculative_config" in kw or "kv_transfer_config" in kw:
+        kw["enable_prompt_embeds"] = True
+    try:
+        cfg = _config(smollm_path, **kw)
+    except Exception as e:  # noqa: BLE001
+        pytest.skip(f"vLLM refuses this setting on the CPU itself: {e}")
+    with pytest.raises(ValueError, match=match):
+        SoftThinkingLogitsProcessor(cfg, torch.device("cpu"), False)
+
+
+def test_model_runner_v2_is_refused(smollm_path, monkeypatch):
+    from softkernels.vllm._worker import _unsupported
+    cfg = _config(smollm_path, enable_prompt_embeds=True)
+    assert _unsupported(cfg) is None
+    monkeypatch.setattr(type(cfg), "use_v2_model_runner", property(lambda self: True))
+    assert "Model Runner V2" in _unsupported(cfg)
+
+
+def test_untested_vllm_version_is_refused(monkeypatch):
+    monkeypatch.setattr(vllm, "__version__", "0.31.1")
+    with pytest.raises(ValueError, match=r"vLLM 0.31.1 is not supported.*0\.32\.0"):
+        skv.engine_kwargs()
+    from softkernels.vllm._worker import check_vllm_version
+    with pytest.raises(ValueError, match="0.31.1"):
+        check_vllm_version()
+
+
+def test_request_without_engine_plugin_is_refused(smollm_path):
+    from conftest import _ALIVE
+    plain = vllm.LLM(model=smollm_path, dtype="float32", enforce_eager=True, block_size=32,
+                     max_model_len=256)
+    _ALIVE.append(plain)
+    with pytest.raises(ValueError, match="engine_kwargs"):
+        plain.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig()), use_tqdm=False)
+    assert len(_tokens(plain.generate(PROMPTS[:1], _sp(n=4), use_tqdm=False))[0]) == 4
+
+
+def test_engine_default_config(smollm_path, llm):
+    cfg = sk.SoftThinkingConfig(k=4)
+    e = engine(smollm_path, default=cfg)
+    outs = e.generate(PROMPTS[:2], [_sp(n=16), vllm.SamplingParams(
+        temperature=0.0, max_tokens=16, extra_args=skv.request_args(False))], use_tqdm=False)
+    traces = skv.pop_traces(e, [o.request_id for o in outs])
+    assert set(traces) == {outs[0].request_id}             # the default applies; False opts out
+    soft = llm.generate(PROMPTS[:1], _sp(cfg, n=16), use_tqdm=False)
+    plain = llm.generate(PROMPTS[1:2], _sp(n=16), use_tqdm=False)
+    skv.pop_traces(llm, [soft[0].request_id])
+    assert _tokens(outs) == _tokens(soft) + _tokens(plain)
