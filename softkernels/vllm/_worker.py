@@ -156,11 +156,12 @@ def sharded_mixture(weight_local: torch.Tensor, vocab_start: int, vocab_end: int
     own = (ids >= vocab_start) & (ids < vocab_end) & (weights != 0)
     local = torch.where(own, ids - vocab_start, torch.zeros_like(ids))
     w = torch.where(own, weights.float(), torch.zeros_like(weights, dtype=torch.float32))
-    rows = weight_local.index_select(0, local.reshape(-1)).reshape(*ids.shape, -1).float()
     part = torch.zeros(ids.shape[0], weight_local.shape[1], dtype=torch.float32,
                        device=weight_local.device)
-    for j in range(ids.shape[1]):      # slot order, as soft_embed accumulates
-        part = part + w[:, j:j + 1] * rows[:, j]
+    if weight_local.shape[0] > 0:
+        rows = weight_local.index_select(0, local.reshape(-1)).reshape(*ids.shape, -1).float()
+        for j in range(ids.shape[1]):      # slot order, as soft_embed accumulates
+            part = part + w[:, j:j + 1] * rows[:, j]
     total = all_reduce(part)
     if isinstance(noise, Gaussian) and noise.sigma > 0:
         zero = torch.zeros(ids.shape[0], 1, dtype=torch.float32, device=weight_local.device)

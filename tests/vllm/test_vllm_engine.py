@@ -14,7 +14,7 @@ import torch
 
 import softkernels as sk
 import softkernels.vllm as skv
-from conftest import PROMPTS, engine
+from _vllm_engines import PROMPTS, engine
 from test_vllm_plugin import _mixture_gap, _sp, _tokens
 
 vllm = pytest.importorskip("vllm")
@@ -202,7 +202,7 @@ def test_untested_vllm_version_is_refused(monkeypatch):
 
 
 def test_request_without_engine_plugin_is_refused(smollm_path):
-    from conftest import _ALIVE
+    from _vllm_engines import _ALIVE
     plain = vllm.LLM(model=smollm_path, dtype="float32", enforce_eager=True, block_size=32,
                      max_model_len=256)
     _ALIVE.append(plain)

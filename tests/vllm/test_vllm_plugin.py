@@ -14,7 +14,7 @@ import torch
 
 import softkernels as sk
 import softkernels.vllm as skv
-from conftest import PROMPTS, engine
+from _vllm_engines import PROMPTS, engine
 
 vllm = pytest.importorskip("vllm")
 
