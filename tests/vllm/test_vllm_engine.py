@@ -222,3 +222,18 @@ def test_engine_default_config(smollm_path, llm):
     plain = llm.generate(PROMPTS[1:2], _sp(n=16), use_tqdm=False)
     skv.pop_traces(llm, [soft[0].request_id])
     assert _tokens(outs) == _tokens(soft) + _tokens(plain)
+
+
+def test_rl_rollout_example_runs():
+    """examples/vllm_rollout.py (in its own process: it owns an engine): rollouts through vLLM,
+    the trainer's forward from the traces, answer-token log-probabilities equal to vLLM's."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    r = subprocess.run([sys.executable, os.path.join(root, "examples", "vllm_rollout.py"),
+                        "--prompts", "2", "--group", "2", "--new-tokens", "16",
+                        "--think-tokens", "6"], capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, r.stderr[-3000:]
+    res = json.loads(line[len("RESULT "):])
+    assert res["rollouts"] == 4 and res["soft_steps"] == 4 * 6
+    assert res["max_ratio_dev"] < 1e-3
+    assert res["grad_norm"] > 0
