@@ -36,20 +36,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_generate import PROMPTS  # noqa: E402  (the same prompts as the HF benchmark)
 from results import append_to_section, commit, machine  # noqa: E402
 
 SECTION = "## vLLM plug-in throughput"
 
-PROMPTS = [
-    "What is 12 times 7?",
-    "I have 3 apples and eat one. How many apples are left?",
-    "Which is heavier, a kilogram of feathers or a kilogram of iron?",
-    "Explain why the sky is blue in one sentence.",
-    "What is the capital of Japan?",
-    "If a train travels 60 km in one hour, how far does it go in three hours?",
-    "Name three prime numbers.",
-    "Is 17 an even or an odd number?",
-]
 
 
 def main(argv=None) -> int:
