@@ -42,7 +42,6 @@ from results import append_to_section, commit, machine  # noqa: E402
 SECTION = "## vLLM plug-in throughput"
 
 
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8, 32])
