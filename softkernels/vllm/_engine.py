@@ -8,16 +8,20 @@ settings into their final, explicit form before the request reaches the engine c
 * the config is validated (a ValueError reaches the caller, HTTP 400 over the server), the
   think-end string resolved with the engine's tokenizer, a missing seed drawn once (so the trace
   names it and a recomputed request draws the same noise);
-* a soft request gets its own ``cache_salt``: vLLM's prefix cache keys blocks by token ids, and a
-  soft request's KV after its prompt is computed from soft inputs, so no other request may reuse
-  its blocks and it may reuse no one else's.
+* with ``SamplingParams.n > 1``, each child request gets its row index (``ParentRequest``'s
+  fan-out, wrapped), so siblings draw different noise, keyed like the rows of a Hugging Face batch.
+
+In the engine core, ``Request.from_engine_core_request`` (wrapped) gives every soft request its
+own ``cache_salt`` (its unique engine request id): vLLM's prefix cache keys blocks by token ids,
+and a soft request's KV after its prompt is computed from soft inputs, so no other request (a
+sibling included) may reuse its blocks, and it may reuse no one else's.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import secrets
-import uuid
 
 from ..hf.patching import _check_top_k, _resolve_think_end
 from . import args as _args
@@ -76,22 +80,49 @@ def admit(input_processor, sampling_params) -> bool:
     return True
 
 
+def _soft(sampling_params) -> bool:
+    extra = getattr(sampling_params, "extra_args", None)
+    return bool(extra) and extra.get(_args.KEY) == 1
+
+
 def install() -> None:
-    """Wraps InputProcessor.process_inputs (idempotent)."""
+    """Wraps InputProcessor.process_inputs, ParentRequest's fan-out and the engine core's
+    Request.from_engine_core_request (idempotent)."""
     from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.engine.parallel_sampling import ParentRequest
+    from vllm.v1.request import Request
     if getattr(InputProcessor, "_softkernels_installed", False):
         return
-    original = InputProcessor.process_inputs
+    process = InputProcessor.process_inputs
+    child_params = ParentRequest._get_child_sampling_params
+    from_core = Request.from_engine_core_request.__func__
 
     def process_inputs(self, *args, **kwargs):
-        request = original(self, *args, **kwargs)
+        request = process(self, *args, **kwargs)
         sp = getattr(request, "sampling_params", None)
-        if sp is not None and admit(self, sp):
-            salt = f"softkernels-{uuid.uuid4().hex}"
-            request.cache_salt = salt if request.cache_salt is None \
-                else f"{request.cache_salt}|{salt}"
+        if sp is not None:
+            admit(self, sp)
         return request
 
-    process_inputs.__wrapped__ = original
+    def _get_child_sampling_params(self, index):
+        params = child_params(self, index)
+        if not _soft(params):
+            return params
+        params = copy.copy(params)       # vLLM may hand every child the same object
+        params.extra_args = {**params.extra_args, _args.ROW: index}
+        return params
+
+    def from_engine_core_request(cls, request, block_hasher):
+        if _soft(getattr(request, "sampling_params", None)):
+            salt = f"softkernels:{request.request_id}"
+            request.cache_salt = salt if request.cache_salt is None \
+                else f"{request.cache_salt}|{salt}"
+        return from_core(cls, request, block_hasher)
+
+    for fn, orig in ((process_inputs, process), (_get_child_sampling_params, child_params),
+                     (from_engine_core_request, from_core)):
+        fn.__wrapped__ = orig
     InputProcessor.process_inputs = process_inputs
+    ParentRequest._get_child_sampling_params = _get_child_sampling_params
+    Request.from_engine_core_request = classmethod(from_engine_core_request)
     InputProcessor._softkernels_installed = True

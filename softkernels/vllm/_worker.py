@@ -197,7 +197,7 @@ class _Req:
     def __init__(self, rid, cfg, seed, prompt_len, stop_ids, max_tokens):
         self.rid = rid
         self.cfg = cfg                 # policy.StepConfig
-        self.seed = seed               # Philox key (policy.row_seed(config seed, 0))
+        self.seed = seed               # Philox key: policy.row_seed(config seed, row)
         self.prompt_len = prompt_len
         self.stop_ids = stop_ids       # tokens after which vLLM stops the request
         self.max_tokens = max_tokens
@@ -382,8 +382,9 @@ class SoftThinking:
         stop = set()
         if not getattr(sp, "ignore_eos", False):
             stop = set(getattr(sp, "all_stop_token_ids", None) or ())
-        req = _Req(rid, self._step_config(cfg), policy.row_seed(seed, 0),
-                   req_state.num_prompt_tokens, stop, sp.max_tokens)
+        key = policy.row_seed(seed, _args.row_of(sp.extra_args))
+        req = _Req(rid, self._step_config(cfg), key, req_state.num_prompt_tokens, stop,
+                   sp.max_tokens)
         self.live[rid] = req
         return req
 

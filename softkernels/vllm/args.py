@@ -15,16 +15,19 @@ from typing import Any, Dict, Mapping, Optional, Union
 from ..hf.config import ColdStop, ConfidenceRouter, SoftThinkingConfig
 from ..noise import Dirichlet, Gaussian, Gumbel
 
-__all__ = ["KEY", "request_args", "config_from_args", "is_soft"]
+__all__ = ["KEY", "ROW", "request_args", "config_from_args", "is_soft", "row_of"]
 
 KEY = "softkernels"        # 1 = soft thinking on for this request, 0 = off
 _P = KEY + "_"             # prefix of every other key
+# Set by the plug-in, not by users: child i of a request with SamplingParams.n > 1 has row i, and
+# its noise is keyed like row i of a Hugging Face batch (policy.row_seed(seed, i)).
+ROW = _P + "row"
 
 # Every key this module writes or reads (anything else with the prefix is refused).
 _FIELDS = ("k", "temperature", "top_k", "top_p", "min_p", "noise", "noise_tau", "noise_scale",
            "noise_clamp_lo", "noise_clamp_hi", "noise_alpha", "noise_sigma", "noise_relative",
            "think_end", "cold_stop_entropy", "cold_stop_patience", "router_threshold",
-           "max_think_tokens", "seed")
+           "max_think_tokens", "seed", "row")
 
 
 def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
@@ -85,6 +88,11 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
     if config.seed is not None:
         out[_P + "seed"] = config.seed
     return out
+
+
+def row_of(extra_args: Optional[Mapping[str, Any]]) -> int:
+    """The request's row index among its SamplingParams.n siblings (0 without siblings)."""
+    return _int(extra_args, ROW) if extra_args and ROW in extra_args else 0
 
 
 def is_soft(extra_args: Optional[Mapping[str, Any]], default_on: bool) -> bool:

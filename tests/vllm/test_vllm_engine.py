@@ -72,6 +72,7 @@ def test_prefix_cache_never_serves_blocks_computed_from_soft_inputs(llm, smollm_
 
 def test_soft_requests_get_their_own_cache_salt(llm):
     from vllm.v1.engine.input_processor import InputProcessor
+    from vllm.v1.request import Request
     ip = llm.llm_engine.input_processor
     assert isinstance(ip, InputProcessor)
     tasks = llm.llm_engine.get_supported_tasks() if hasattr(llm.llm_engine,
@@ -79,11 +80,37 @@ def test_soft_requests_get_their_own_cache_salt(llm):
     reqs = [ip.process_inputs(f"r{i}", {"prompt": "Hello"}, sp, tasks)
             for i, sp in enumerate([_sp(sk.SoftThinkingConfig()), _sp(sk.SoftThinkingConfig()),
                                     _sp()])]
-    assert reqs[0].cache_salt and reqs[1].cache_salt and reqs[0].cache_salt != reqs[1].cache_salt
-    assert reqs[2].cache_salt is None
+    core = [Request.from_engine_core_request(r, None) for r in reqs]   # as the engine core does
+    assert core[0].cache_salt and core[1].cache_salt and core[0].cache_salt != core[1].cache_salt
+    assert core[2].cache_salt is None
     # the request's own copy of the params holds the resolved config (seed drawn, k, ...)
     cfg = skv.config_from_args(reqs[0].sampling_params.extra_args)
     assert cfg.seed is not None and cfg.k == 10
+
+
+def test_n_children_are_keyed_like_hf_batch_rows(llm, hf):
+    """SamplingParams(n=2): child i draws the noise of row i of a Hugging Face batch."""
+    cfg = sk.SoftThinkingConfig(k=6, noise=sk.Gumbel(), seed=21)
+    # vLLM wants sampling for n > 1; every step is soft (forced), so the sampler never chooses
+    sp = vllm.SamplingParams(temperature=1.0, max_tokens=20, n=2, seed=0,
+                             extra_args=skv.request_args(cfg))
+    out = llm.generate(PROMPTS[:1], sp, use_tqdm=False)[0]
+    assert len(out.outputs) == 2
+    model, tok = hf
+    sk.patch(model, cfg)
+    try:
+        enc = tok([PROMPTS[0]] * 2, return_tensors="pt")
+        want = model.generate(**enc, max_new_tokens=20, do_sample=False,
+                              return_dict_in_generate=True)
+    finally:
+        sk.unpatch(model)
+    P = enc.input_ids.shape[1]
+    got = sorted(list(c.token_ids) for c in out.outputs)
+    hf_rows = sorted(want.sequences[:, P:].tolist())
+    assert got[0] != got[1]                       # different noise, different thoughts
+    for g, h in zip(got, hf_rows):
+        n = next((t for t in range(len(h)) if g[t] != h[t]), len(h))
+        assert n >= 12, (n, g, h)                 # cross-engine drift only late (see _agree)
 
 
 def test_async_llm_abort_and_pop_traces_async(llm, smollm_path):
