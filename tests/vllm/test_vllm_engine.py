@@ -264,3 +264,54 @@ def test_rl_rollout_example_runs():
     assert res["rollouts"] == 4 and res["soft_steps"] == 4 * 6
     assert res["max_ratio_dev"] < 1e-3
     assert res["grad_norm"] > 0
+
+
+_TP_CHILD = textwrap.dedent("""
+    import json, sys
+    import vllm, softkernels as sk
+    from softkernels import vllm as skv
+
+    def main():
+        llm = vllm.LLM(model=sys.argv[1], dtype="float32", enforce_eager=True, block_size=32,
+                       max_model_len=256, tensor_parallel_size=3,
+                       distributed_executor_backend="mp", **skv.engine_kwargs())
+        prompts = json.loads(sys.argv[2])
+        res = {}
+        for name, cfg in (("plain", None), ("k1", sk.SoftThinkingConfig(k=1)),
+                          ("k4", sk.SoftThinkingConfig(k=4, noise=sk.Gaussian(0.1), seed=1))):
+            extra = None if cfg is None else skv.request_args(cfg)
+            sp = vllm.SamplingParams(temperature=0.0, max_tokens=16, extra_args=extra)
+            outs = llm.generate(prompts, sp, use_tqdm=False)
+            res[name] = [list(o.outputs[0].token_ids) for o in outs]
+            if cfg is not None:
+                tr = skv.pop_traces(llm, [o.request_id for o in outs])
+                res[name + "_sigma"] = [tr[o.request_id].sigma for o in outs]
+        print("RESULT", json.dumps(res), flush=True)
+
+    if __name__ == "__main__":
+        main()
+""")
+
+
+def test_tensor_parallel_3_ranks_mix_the_sharded_embedding(llm, smollm_path, tmp_path):
+    """tensor_parallel_size=3 (SmolLM2 has 9 heads; 3 ranks share this machine's 2 cores):
+    k=1 equals plain greedy, and soft tokens (vocab-sharded mixture, one all-reduce, Gaussian
+    with RMS from the shards) equal the single-rank engine's."""
+    script = tmp_path / "tp_child.py"
+    script.write_text(_TP_CHILD)
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="1",
+               VLLM_CPU_OMP_THREADS_BIND="0|1|0")   # vLLM's NUMA binding wants a core per rank
+    r = subprocess.run([sys.executable, str(script), smollm_path, json.dumps(PROMPTS[:2])],
+                       env=env, capture_output=True, text=True, timeout=600)
+    line = next((ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")), None)
+    assert line is not None, r.stderr[-3000:]
+    res = json.loads(line[len("RESULT "):])
+    assert res["k1"] == res["plain"]
+    cfg = sk.SoftThinkingConfig(k=4, noise=sk.Gaussian(0.1), seed=1)
+    want = llm.generate(PROMPTS[:2], _sp(cfg, n=16), use_tqdm=False)
+    tr = skv.pop_traces(llm, [o.request_id for o in want])
+    for got, w in zip(res["k4"], want):
+        wt = list(w.outputs[0].token_ids)
+        n = next((t for t in range(len(wt)) if got[t] != wt[t]), len(wt))
+        assert n >= 12, (n, got, wt)
+        assert res["k4_sigma"][0] == pytest.approx(tr[w.request_id].sigma, rel=1e-5)
