@@ -260,3 +260,23 @@ def test_request_args_refuses(llm):
         llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig(top_k=5000)), use_tqdm=False)
     assert len(_tokens(llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig()),
                                     use_tqdm=False))[0]) > 0
+
+
+def test_openai_request_vllm_xargs_carry_the_config(llm):
+    """The OpenAI-compatible server's request models: request_args as `vllm_xargs` (JSON over
+    HTTP) become the SamplingParams' extra_args, which then think as the config says."""
+    from vllm.entrypoints.openai.chat_completion.protocol import ChatCompletionRequest
+    from vllm.entrypoints.openai.completion.protocol import CompletionRequest
+    cfg = sk.SoftThinkingConfig(k=4, noise=sk.Gumbel(clamp=None), seed=9,
+                                cold_stop=sk.ColdStop(0.5, 4))
+    body = json.loads(json.dumps({"model": "m", "prompt": PROMPTS[0], "max_tokens": 16,
+                                  "temperature": 0.0, "vllm_xargs": skv.request_args(cfg)}))
+    sp = CompletionRequest(**body).to_sampling_params(max_tokens=16)
+    assert skv.config_from_args(sp.extra_args) == cfg
+    chat = ChatCompletionRequest(model="m", messages=[{"role": "user", "content": "hi"}],
+                                 vllm_xargs=skv.request_args(cfg))
+    assert skv.config_from_args(chat.to_sampling_params(16, {}).extra_args) == cfg
+    got = llm.generate(PROMPTS[:1], sp, use_tqdm=False)[0]
+    want = llm.generate(PROMPTS[:1], _sp(cfg, n=16), use_tqdm=False)[0]
+    skv.pop_traces(llm, [got.request_id, want.request_id])
+    assert list(got.outputs[0].token_ids) == list(want.outputs[0].token_ids)
