@@ -50,12 +50,13 @@ SoftEmbedOutputs soft_embed_cuda(const at::Tensor& logits, const at::Tensor& emb
                                  double scale, double clamp_lo, double clamp_hi, double alpha,
                                  double sigma, int64_t pool) {
   TORCH_CHECK(logits.is_cuda(), "softkernels: logits must be a CUDA tensor");
-  const SoftEmbedShape sh = make_shape(logits, embedding, k, pool);
-  const RowParamSource rs =
-      make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
-                      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows);
-  const NoiseParams np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
-  check_hard(hard, hard_ids, logits);
+  const SoftEmbedCall c = prepare_soft_embed(
+      logits, embedding, k, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
+      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows, hard, hard_ids, noise_kind, tau,
+      scale, clamp_lo, clamp_hi, alpha, sigma, pool);
+  const SoftEmbedShape& sh = c.sh;
+  const RowParamSource& rs = c.rs;
+  const NoiseParams& np = c.np;
   const int ltag = dtype_tag(logits.scalar_type(), "logits");
   const int etag = dtype_tag(embedding.scalar_type(), "embedding");
   TORCH_CHECK(sh.V < std::numeric_limits<int32_t>::max(),
