@@ -406,7 +406,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cpu(
         const scalar_t* mr = M + row_offset(sh.mean_rows, n);
         const T s = S ? S[n] : static_cast<T>(sigma);
         // d/dx = c (x - mean), d/dmean = -c (x - mean); NaN for a bad sigma.
-        const T c = gaussian_sigma_ok(s) ? -GR[n] / (s * s) : sk_nan<T>();
+        const T c = gaussian_grad_factor(GR[n], s);
         scalar_t* gxr = GX ? GX + n * D : nullptr;
         scalar_t* gmr = GM ? GM + n * D : nullptr;
         int64_t i = 0;

@@ -435,7 +435,7 @@ __global__ void __launch_bounds__(kBlock)
     const scalar_t* m = M + row_offset(mi, n);
     const T s = S != nullptr ? S[n] : sigma;
     // d/dx = c (x - mean), d/dmean = -c (x - mean); NaN for a bad sigma.
-    const T c = gaussian_sigma_ok(s) ? -GR[n] / (s * s) : sk_nan<T>();
+    const T c = gaussian_grad_factor(GR[n], s);
     for (int64_t d = lane; d < D; d += 32) {
       const T diff = static_cast<T>(x[d]) - static_cast<T>(m[d]);
       if (GX != nullptr) GX[n * D + d] = static_cast<scalar_t>(c * diff);
