@@ -5,12 +5,14 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
 
 #include "common/filters.h"
 #include "common/params.h"
+#include "soft_embed_decl.h"
 
 namespace softkernels {
 
@@ -159,13 +161,7 @@ struct SoftEmbedCall {
   const int64_t* hard_ids;
 };
 
-inline SoftEmbedCall prepare_soft_embed(
-    const at::Tensor& logits, const at::Tensor& embedding, int64_t k, double temperature,
-    int64_t top_k, double top_p, double min_p, int64_t seed, int64_t offset,
-    const OptTensor& temperature_rows, const OptTensor& top_k_rows, const OptTensor& top_p_rows,
-    const OptTensor& min_p_rows, const OptTensor& seed_rows, const OptTensor& offset_rows,
-    const OptTensor& hard, const OptTensor& hard_ids, int64_t noise_kind, double tau,
-    double scale, double clamp_lo, double clamp_hi, double alpha, double sigma, int64_t pool) {
+inline SoftEmbedCall prepare_soft_embed(SK_SOFT_EMBED_CPP_PARAMS) {
   SoftEmbedCall c;
   c.sh = make_shape(logits, embedding, k, pool);
   c.rs = make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset,
@@ -202,13 +198,10 @@ struct SoftEmbedBackwardCall {
   OptTensor ge, gw, gn;
   RowParamSource rs;
   const bool* hard;
+  at::Tensor grad_logits, grad_embedding;  // zeros, written by the kernels
 };
 
-inline SoftEmbedBackwardCall prepare_soft_embed_backward(
-    const OptTensor& grad_embeds, const OptTensor& grad_weights, const OptTensor& grad_noise,
-    const at::Tensor& logits, const at::Tensor& embedding, const at::Tensor& ids,
-    const at::Tensor& weights, const at::Tensor& noise, const OptTensor& hard, double temperature,
-    const OptTensor& temperature_rows, int64_t noise_kind, double tau) {
+inline SoftEmbedBackwardCall prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_CPP_PARAMS) {
   check_rows_tensor(logits, "logits", "[B, V]");
   check_rows_tensor(embedding, "embedding", "[V_e, D]");
   const auto dev = logits.device();
@@ -261,6 +254,10 @@ inline SoftEmbedBackwardCall prepare_soft_embed_backward(
   c.hard = hard ? hard->data_ptr<bool>() : nullptr;
   c.rs = make_row_source(logits, temperature, 0, 1.0, 0.0, 0, 0, temperature_rows, {}, {}, {},
                          {}, {});
+  (void)logits_grad;
+  (void)embedding_grad;
+  c.grad_logits = at::zeros(logits.sizes(), logits.options());
+  c.grad_embedding = at::zeros(embedding.sizes(), embedding.options());
   return c;
 }
 

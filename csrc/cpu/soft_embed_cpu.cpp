@@ -256,19 +256,8 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
   });
 }
 
-SoftEmbedOutputs soft_embed_cpu(const at::Tensor& logits, const at::Tensor& embedding, int64_t k,
-                                double temperature, int64_t top_k, double top_p, double min_p,
-                                int64_t seed, int64_t offset, const OptTensor& temperature_rows,
-                                const OptTensor& top_k_rows, const OptTensor& top_p_rows,
-                                const OptTensor& min_p_rows, const OptTensor& seed_rows,
-                                const OptTensor& offset_rows, const OptTensor& hard,
-                                const OptTensor& hard_ids, int64_t noise_kind, double tau,
-                                double scale, double clamp_lo, double clamp_hi, double alpha,
-                                double sigma, int64_t pool) {
-  const SoftEmbedCall c = prepare_soft_embed(
-      logits, embedding, k, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
-      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows, hard, hard_ids, noise_kind, tau,
-      scale, clamp_lo, clamp_hi, alpha, sigma, pool);
+SoftEmbedOutputs soft_embed_cpu(SK_SOFT_EMBED_CPP_PARAMS) {
+  const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
   const SoftEmbedShape& sh = c.sh;
   const RowParamSource& rs = c.rs;
   const NoiseParams& np = c.np;
@@ -402,20 +391,12 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cpu(
-    const OptTensor& grad_embeds, const OptTensor& grad_weights, const OptTensor& grad_noise,
-    const at::Tensor& logits, const at::Tensor& embedding, const at::Tensor& ids,
-    const at::Tensor& weights, const at::Tensor& noise, const OptTensor& hard, double temperature,
-    const OptTensor& temperature_rows, int64_t noise_kind, double tau, bool logits_grad,
-    bool embedding_grad) {
-  const SoftEmbedBackwardCall c = prepare_soft_embed_backward(
-      grad_embeds, grad_weights, grad_noise, logits, embedding, ids, weights, noise, hard,
-      temperature, temperature_rows, noise_kind, tau);
+std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cpu(SK_SOFT_EMBED_BACKWARD_CPP_PARAMS) {
+  SoftEmbedBackwardCall c = prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_CPP_ARGS);
   const int64_t B = c.B, k = c.k;
   const OptTensor &ge = c.ge, &gw = c.gw, &gn = c.gn;
   const RowParamSource& rs = c.rs;
-  at::Tensor grad_logits = at::zeros(logits.sizes(), logits.options());
-  at::Tensor grad_embedding = at::zeros(embedding.sizes(), embedding.options());
+  at::Tensor &grad_logits = c.grad_logits, &grad_embedding = c.grad_embedding;
   if (B == 0 || k == 0) return {grad_logits, grad_embedding};
   const bool* hard_p = c.hard;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),

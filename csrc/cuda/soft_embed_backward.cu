@@ -200,16 +200,9 @@ int tag_of(at::ScalarType t) {
   return 0;
 }
 
-std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(
-    const OptTensor& grad_embeds, const OptTensor& grad_weights, const OptTensor& grad_noise,
-    const at::Tensor& logits, const at::Tensor& embedding, const at::Tensor& ids,
-    const at::Tensor& weights, const at::Tensor& noise, const OptTensor& hard, double temperature,
-    const OptTensor& temperature_rows, int64_t noise_kind, double tau, bool logits_grad,
-    bool embedding_grad) {
+std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(SK_SOFT_EMBED_BACKWARD_CPP_PARAMS) {
   TORCH_CHECK(logits.is_cuda(), "softkernels: logits must be a CUDA tensor");
-  const SoftEmbedBackwardCall c = prepare_soft_embed_backward(
-      grad_embeds, grad_weights, grad_noise, logits, embedding, ids, weights, noise, hard,
-      temperature, temperature_rows, noise_kind, tau);
+  SoftEmbedBackwardCall c = prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_CPP_ARGS);
   const int64_t B = c.B, k = c.k;
   const OptTensor &ge = c.ge, &gw = c.gw, &gn = c.gn;
   const RowParamSource& rs = c.rs;
@@ -217,8 +210,7 @@ std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(
   const int etag = tag_of(embedding.scalar_type());
 
   const c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor grad_logits = at::zeros(logits.sizes(), logits.options());
-  at::Tensor grad_embedding = at::zeros(embedding.sizes(), embedding.options());
+  at::Tensor &grad_logits = c.grad_logits, &grad_embedding = c.grad_embedding;
   if (B == 0 || k == 0) return {grad_logits, grad_embedding};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool gumbel = noise_kind == kNoiseGumbel;
