@@ -36,3 +36,27 @@ def expect_named_error(call, name: str):
         call()
     assert re.search(rf"(?<![\w.]){re.escape(name)}(?!\w)", str(info.value)), (
         f"error does not name {name!r}: {info.value}")
+
+
+def invalid_arguments(bad, valid_args):
+    """Strategy of (name, args): the valid arguments valid_args(generator) with one of them,
+    ``name`` (drawn from ``bad``: (name, [bad values])), replaced by one of its bad values."""
+    @st.composite
+    def strategy(draw):
+        name, values = draw(st.sampled_from(bad))
+        args = valid_args(generator(draw(seeds)))
+        value = draw(st.sampled_from(values))
+        if name.startswith("state."):                     # a field of a NamedTuple argument
+            args["state"] = args["state"]._replace(**{name.split(".", 1)[1]: value})
+        else:
+            args[name] = value
+        return name, args
+    return strategy()
+
+
+def expect_call_names(fn, positional, call):
+    """fn(*positional args, **the rest) must raise an error naming the replaced argument."""
+    name, args = call
+    args = dict(args)
+    pos = [args.pop(n) for n in positional]
+    expect_named_error(lambda: fn(*pos, **args), name)

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 import softkernels as sk
 from softkernels.reference import gaussian_logprob_reference
-from _fuzz import FUZZ, expect_named_error, generator, seeds
+from _fuzz import FUZZ, expect_call_names, generator, invalid_arguments, seeds
 
 sigmas = st.one_of(st.floats(1e-3, 1e3), st.sampled_from([1e-25, 1e-12, 1e12, 1e20, 1e30]))
 
@@ -62,18 +62,8 @@ BAD = [
 ]
 
 
-@st.composite
-def invalid_calls(draw):
-    name, values = draw(st.sampled_from(BAD))
-    g = generator(draw(seeds))
-    args = dict(x=torch.randn(B, D, generator=g), mean=torch.randn(B, D, generator=g), sigma=0.5)
-    args[name] = draw(st.sampled_from(values))
-    return name, args
-
-
 @FUZZ
-@given(invalid_calls())
+@given(invalid_arguments(BAD, lambda g: dict(x=torch.randn(B, D, generator=g),
+                                             mean=torch.randn(B, D, generator=g), sigma=0.5)))
 def test_random_invalid_arguments_are_named(call):
-    name, args = call
-    pos = [args.pop(n) for n in ("x", "mean", "sigma")]
-    expect_named_error(lambda: sk.gaussian_logprob(*pos, **args), name)
+    expect_call_names(sk.gaussian_logprob, ("x", "mean", "sigma"), call)

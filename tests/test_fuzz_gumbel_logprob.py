@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import softkernels as sk
 from softkernels.reference import gumbel_logprob_reference
-from _fuzz import FUZZ, expect_named_error, generator, keys, seeds
+from _fuzz import FUZZ, expect_call_names, generator, invalid_arguments, keys, seeds
 
 
 @st.composite
@@ -76,20 +76,9 @@ BAD = [
 ]
 
 
-@st.composite
-def invalid_calls(draw):
-    name, values = draw(st.sampled_from(BAD))
-    g = generator(draw(seeds))
-    args = dict(logits=torch.randn(B, V, generator=g),
-                ids=torch.randint(0, V, (B, K), generator=g),
-                g_prime=torch.randn(B, K, generator=g), tau=0.5)
-    args[name] = draw(st.sampled_from(values))
-    return name, args
-
-
 @FUZZ
-@given(invalid_calls())
+@given(invalid_arguments(BAD, lambda g: dict(logits=torch.randn(B, V, generator=g),
+                                             ids=torch.randint(0, V, (B, K), generator=g),
+                                             g_prime=torch.randn(B, K, generator=g), tau=0.5)))
 def test_random_invalid_arguments_are_named(call):
-    name, args = call
-    pos = [args.pop(n) for n in ("logits", "ids", "g_prime", "tau")]
-    expect_named_error(lambda: sk.gumbel_logprob(*pos, **args), name)
+    expect_call_names(sk.gumbel_logprob, ("logits", "ids", "g_prime", "tau"), call)

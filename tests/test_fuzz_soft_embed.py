@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 import softkernels as sk
 from _compare import assert_matches_reference
-from _fuzz import FUZZ, expect_named_error, generator, keys, seeds
+from _fuzz import (FUZZ, expect_call_names, expect_named_error, generator, invalid_arguments,
+                   keys, seeds)
 
 noises = st.one_of(
     st.none(),
@@ -89,24 +90,17 @@ BAD = [
 ]
 
 
-@st.composite
-def invalid_calls(draw):
-    name, values = draw(st.sampled_from(BAD))
-    value = draw(st.sampled_from(values))
-    g = generator(draw(seeds))
-    args = dict(logits=torch.randn(B, V, generator=g), embedding=torch.randn(V, D, generator=g),
-                k=draw(st.integers(1, 4)), temperature=draw(st.floats(0.5, 2.0)),
-                top_k=draw(st.integers(0, V)), top_p=draw(st.floats(0.1, 1.0)))
-    args[name] = value
-    return name, args
+def _valid_args(g):
+    r = lambda lo, hi: float(torch.empty(()).uniform_(lo, hi, generator=g))  # noqa: E731
+    return dict(logits=torch.randn(B, V, generator=g), embedding=torch.randn(V, D, generator=g),
+                k=int(torch.randint(1, 5, (), generator=g)), temperature=r(0.5, 2.0),
+                top_k=int(torch.randint(0, V + 1, (), generator=g)), top_p=r(0.1, 1.0))
 
 
 @FUZZ
-@given(invalid_calls())
+@given(invalid_arguments(BAD, _valid_args))
 def test_random_invalid_arguments_are_named(call):
-    name, args = call
-    logits, emb = args.pop("logits"), args.pop("embedding")
-    expect_named_error(lambda: sk.soft_embed(logits, emb, **args), name)
+    expect_call_names(sk.soft_embed, ("logits", "embedding"), call)
 
 
 @FUZZ
