@@ -24,8 +24,8 @@ VLLM_BUILD_STAMP := $(VLLM_VENV)/.build-stamp
 # What the vLLM engines in tests/vllm need on a 2-core, 24 GB machine (docs/vllm.md).
 VLLM_ENV := VLLM_CPU_KVCACHE_SPACE=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-.PHONY: all install demo test test-fast test-vllm vllm-install cuda-check emu-check bench \
-	bench-generate bench-vllm clean
+.PHONY: all install demo test test-fast test-vllm vllm-install cuda-check emu-check sanitize \
+	bench bench-generate bench-vllm clean
 
 all: install
 
@@ -64,6 +64,42 @@ emu-check: install
 	@if [ -f "$${CUDA_HOME:-/usr/local/cuda}/include/cuda_runtime.h" ]; then \
 	  $(PY) tools/cuda_emu/check.py; \
 	else echo "emu-check: CUDA headers not found, emulation check skipped"; fi
+
+# The CPU module built with AddressSanitizer + UBSan (build/sanitize, beside the normal build),
+# then the whole suite and the fuzz modules against it: every out-of-bounds access, use after
+# free or undefined behaviour (signed overflow, bad shift, ...) in the kernels aborts the run.
+# A separate interpreter environment (build/sanitize/venv) reuses .venv's packages but not its
+# editable hook, and the tests run from build/sanitize/stage (links to softkernels/*.py plus the
+# sanitized _C), so `import softkernels` loads the sanitized module.
+CXX_FOR_SAN ?= g++
+SAN_TESTS ?= tests
+SAN_DIR := build/sanitize
+SAN_PY  := $(SAN_DIR)/venv/bin/python
+# libstdc++ is preloaded too: ASan's __cxa_throw interceptor needs it resolved at start-up, and
+# the python binary does not link it (else every TORCH_CHECK aborts in ASan's CHECK).
+SAN_ENV := LD_PRELOAD="$$($(CXX_FOR_SAN) -print-file-name=libasan.so) $$($(CXX_FOR_SAN) -print-file-name=libstdc++.so)" \
+	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:strict_init_order=1:log_path=$(abspath $(SAN_DIR))/report \
+	UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1:log_path=$(abspath $(SAN_DIR))/report \
+	PYTHONPATH=$(abspath $(SAN_DIR)/stage) \
+	SOFTKERNELS_SANITIZED=1
+sanitize: $(DEPS_STAMP)
+	$(VENV)/bin/cmake -S . -B $(SAN_DIR)/cmake -G Ninja -DPython_EXECUTABLE=$(abspath $(PY)) \
+	  -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) -DCMAKE_CXX_COMPILER=$(CXX_FOR_SAN) \
+	  -DSOFTKERNELS_CUDA=OFF -DSOFTKERNELS_SANITIZE=ON >/dev/null
+	$(VENV)/bin/cmake --build $(SAN_DIR)/cmake --target _C
+	rm -rf $(SAN_DIR)/stage $(SAN_DIR)/report.* && mkdir -p $(SAN_DIR)/stage/softkernels
+	for f in softkernels/*; do ln -s $(abspath .)/$$f $(SAN_DIR)/stage/$$f; done
+	cp $(SAN_DIR)/cmake/_C*.so $(SAN_DIR)/stage/softkernels/
+	test -x $(SAN_PY) || $(PYTHON) -m venv --without-pip $(SAN_DIR)/venv
+	$(PY) -c "import site; print(site.getsitepackages()[0])" > \
+	  "$$($(SAN_PY) -c 'import site; print(site.getsitepackages()[0])')/softkernels-deps.pth"
+	cd $(SAN_DIR)/stage && $(SAN_ENV) $(abspath $(SAN_PY)) -c \
+	  "import softkernels._C as c; assert '$(SAN_DIR)/stage' in c.__file__, c.__file__"
+	cd $(SAN_DIR)/stage && $(SAN_ENV) $(abspath $(SAN_PY)) -m pytest -q -p no:cacheprovider \
+	  --rootdir=$(abspath .) -c $(abspath pyproject.toml) $(abspath $(SAN_TESTS)) || \
+	  { cat $(SAN_DIR)/report.* 2>/dev/null | head -60; exit 1; }
+	@if ls $(SAN_DIR)/report.* >/dev/null 2>&1; then cat $(SAN_DIR)/report.*; exit 1; fi
+	@echo "sanitize: no AddressSanitizer / UBSan report"
 
 test: install cuda-check
 	$(PY) -m pytest -q

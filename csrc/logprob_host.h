@@ -47,6 +47,17 @@ inline int64_t batch_numel(const at::Tensor& t, int64_t nbatch) {
   return n;
 }
 
+// An optional per-row tensor: contiguous, of dtype `dtype`, shaped like the first nb dims of ref.
+inline void check_rows_like(const LpOptTensor& t, const at::Tensor& ref, int64_t nb,
+                            at::ScalarType dtype, const char* what) {
+  if (!t.has_value()) return;
+  bool ok = t->scalar_type() == dtype && t->is_contiguous() && t->dim() == nb &&
+            t->device() == ref.device();
+  for (int64_t d = 0; ok && d < nb; ++d) ok = t->size(d) == ref.size(d);
+  TORCH_CHECK(ok, "softkernels: ", what, " must be a contiguous ", dtype, " tensor of the batch "
+              "shape ", ref.sizes().slice(0, nb), ", got ", t->scalar_type(), " ", t->sizes());
+}
+
 // ---------------------------------------------------------------------------------------------
 // gumbel_logprob
 
@@ -78,15 +89,7 @@ inline GumbelLpShape gumbel_lp_check(const at::Tensor& logits, const at::Tensor&
   }
   TORCH_CHECK(ids.device() == logits.device() && g_prime.device() == logits.device(),
               "softkernels.gumbel_logprob: inputs must be on one device");
-  if (hard.has_value()) {
-    TORCH_CHECK(hard->scalar_type() == at::kBool && hard->is_contiguous() &&
-                    hard->dim() == nb && hard->device() == logits.device(),
-                "softkernels.gumbel_logprob: hard must be a contiguous bool [...] tensor");
-    for (int64_t d = 0; d < nb; ++d) {
-      TORCH_CHECK(hard->size(d) == logits.size(d),
-                  "softkernels.gumbel_logprob: hard's shape differs from logits' batch shape");
-    }
-  }
+  check_rows_like(hard, logits, nb, at::kBool, "gumbel_logprob: hard");
   GumbelLpShape s;
   s.N = batch_numel(logits, nb);
   s.V = logits.size(nb);
@@ -160,17 +163,7 @@ inline GaussianLpShape gaussian_lp_check(const at::Tensor& x, const at::Tensor& 
   const int64_t nb = x.dim() - 1;
   TORCH_CHECK((x.stride(nb) == 1 || x.size(nb) <= 1) && (mean.stride(nb) == 1 || mean.size(nb) <= 1),
               "softkernels.gaussian_logprob: the last dimension must be contiguous");
-  if (sigma_rows.has_value()) {
-    TORCH_CHECK(sigma_rows->dim() == nb && sigma_rows->is_contiguous() &&
-                    sigma_rows->scalar_type() == lp_stats_dtype(x) &&
-                    sigma_rows->device() == x.device(),
-                "softkernels.gaussian_logprob: sigma_rows must be a contiguous [...] tensor in "
-                "the stats dtype");
-    for (int64_t d = 0; d < nb; ++d) {
-      TORCH_CHECK(sigma_rows->size(d) == x.size(d),
-                  "softkernels.gaussian_logprob: sigma_rows' shape differs from x's batch shape");
-    }
-  }
+  check_rows_like(sigma_rows, x, nb, lp_stats_dtype(x), "gaussian_logprob: sigma_rows");
   GaussianLpShape s;
   s.N = batch_numel(x, nb);
   s.D = x.size(nb);
@@ -192,6 +185,112 @@ inline void gaussian_lp_backward_check(const at::Tensor& grad, const at::Tensor&
                   grad.scalar_type() == lp_stats_dtype(x) && grad.device() == x.device(),
               "softkernels.gaussian_logprob_backward: grad must be contiguous [...] in the stats "
               "dtype");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The host preambles, one per op, shared by the CPU kernels and the CUDA launchers: contiguous
+// inputs, every check above, and the outputs.
+
+// The ops' parameter lists, once for the CPU kernels and the CUDA launchers (schemas:
+// csrc/ops.cpp).
+#define SK_GUMBEL_LP_CPP_PARAMS                                                                   \
+  const at::Tensor &logits, const at::Tensor &ids_in, const at::Tensor &g_prime_in,               \
+      const LpOptTensor &hard_in, double temperature, double scale, double clamp_lo,              \
+      double clamp_hi, double min_weight
+#define SK_GUMBEL_LP_BACKWARD_CPP_PARAMS                                                          \
+  const at::Tensor &grad_in, const at::Tensor &logits, const at::Tensor &ids_in,                  \
+      const at::Tensor &g_prime_in, const LpOptTensor &hard_in, const at::Tensor &lse_in,         \
+      double temperature, double scale, double clamp_lo, double clamp_hi, double min_weight,      \
+      bool g_prime_grad
+#define SK_GAUSSIAN_LP_CPP_PARAMS                                                                 \
+  const at::Tensor &x, const at::Tensor &mean, const LpOptTensor &sigma_in, double sigma
+#define SK_GAUSSIAN_LP_BACKWARD_CPP_PARAMS                                                        \
+  const at::Tensor &grad_in, const at::Tensor &x, const at::Tensor &mean,                         \
+      const LpOptTensor &sigma_in, double sigma, bool x_grad, bool mean_grad
+
+struct GumbelLpCall {
+  at::Tensor ids, g_prime;
+  LpOptTensor hard;
+  GumbelLpShape sh;
+  const bool* hard_p;
+  GumbelLpOutputs outs;  // forward only
+};
+
+inline GumbelLpCall prepare_gumbel_lp(const at::Tensor& logits, const at::Tensor& ids_in,
+                                      const at::Tensor& g_prime_in, const LpOptTensor& hard_in) {
+  GumbelLpCall c;
+  c.ids = ids_in.contiguous();
+  c.g_prime = g_prime_in.contiguous();
+  c.hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
+  c.sh = gumbel_lp_check(logits, c.ids, c.g_prime, c.hard);
+  c.hard_p = c.hard ? c.hard->data_ptr<bool>() : nullptr;
+  return c;
+}
+
+inline GumbelLpCall prepare_gumbel_lp_forward(const at::Tensor& logits, const at::Tensor& ids_in,
+                                              const at::Tensor& g_prime_in,
+                                              const LpOptTensor& hard_in) {
+  GumbelLpCall c = prepare_gumbel_lp(logits, ids_in, g_prime_in, hard_in);
+  c.outs = gumbel_lp_allocate(logits);
+  return c;
+}
+
+struct GumbelLpBackwardCall : GumbelLpCall {
+  at::Tensor grad, lse, grad_logits, grad_g;
+};
+
+inline GumbelLpBackwardCall prepare_gumbel_lp_backward(
+    const at::Tensor& grad_in, const at::Tensor& logits, const at::Tensor& ids_in,
+    const at::Tensor& g_prime_in, const LpOptTensor& hard_in, const at::Tensor& lse_in,
+    bool g_prime_grad) {
+  GumbelLpBackwardCall c;
+  static_cast<GumbelLpCall&>(c) = prepare_gumbel_lp(logits, ids_in, g_prime_in, hard_in);
+  c.grad = grad_in.contiguous();
+  c.lse = lse_in.contiguous();
+  gumbel_lp_backward_check(c.grad, logits, c.lse);
+  c.grad_logits = at::empty(logits.sizes(), logits.options());
+  c.grad_g = g_prime_grad ? at::empty(c.g_prime.sizes(), c.g_prime.options())
+                          : at::empty({0}, c.g_prime.options());
+  return c;
+}
+
+struct GaussianLpCall {
+  LpOptTensor sigma_rows;
+  GaussianLpShape sh;
+  std::tuple<at::Tensor, at::Tensor> outs;  // forward only: (logprob, sqdist)
+};
+
+inline GaussianLpCall prepare_gaussian_lp(const at::Tensor& x, const at::Tensor& mean,
+                                          const LpOptTensor& sigma_in) {
+  GaussianLpCall c;
+  c.sigma_rows = sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
+  c.sh = gaussian_lp_check(x, mean, c.sigma_rows);
+  return c;
+}
+
+inline GaussianLpCall prepare_gaussian_lp_forward(const at::Tensor& x, const at::Tensor& mean,
+                                                  const LpOptTensor& sigma_in) {
+  GaussianLpCall c = prepare_gaussian_lp(x, mean, sigma_in);
+  c.outs = gaussian_lp_allocate(x);
+  return c;
+}
+
+struct GaussianLpBackwardCall : GaussianLpCall {
+  at::Tensor grad, gx, gm;
+};
+
+inline GaussianLpBackwardCall prepare_gaussian_lp_backward(const at::Tensor& grad_in,
+                                                           const at::Tensor& x,
+                                                           const at::Tensor& mean,
+                                                           const LpOptTensor& sigma_in,
+                                                           bool x_grad, bool mean_grad) {
+  GaussianLpBackwardCall c;
+  static_cast<GaussianLpCall&>(c) = prepare_gaussian_lp(x, mean, sigma_in);
+  c.grad = grad_in.contiguous();
+  gaussian_lp_backward_check(c.grad, x);
+  c.gx = x_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  c.gm = mean_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  return c;
 }
 
 }  // namespace softkernels

@@ -28,8 +28,11 @@ inline MixShape check_mix_inputs(const at::Tensor& embedding, const at::Tensor& 
                                  const at::Tensor& weights,
                                  const std::optional<at::Tensor>& seed_rows,
                                  const std::optional<at::Tensor>& offset_rows) {
-  TORCH_CHECK(embedding.dim() == 2 && embedding.stride(1) == 1,
+  TORCH_CHECK(embedding.dim() == 2 && (embedding.size(1) <= 1 || embedding.stride(1) == 1),
               "softkernels.mix_embeddings: embedding must be [V_e, D] with contiguous rows");
+  TORCH_CHECK(embedding.scalar_type() == at::kFloat || embedding.scalar_type() == at::kDouble ||
+                  embedding.scalar_type() == at::kBFloat16 || embedding.scalar_type() == at::kHalf,
+              "softkernels.mix_embeddings: embedding must be float32/float64/bfloat16/float16");
   TORCH_CHECK(ids.dim() == 2 && ids.scalar_type() == at::kLong && ids.is_contiguous(),
               "softkernels.mix_embeddings: ids must be a contiguous int64 [N, k] tensor");
   TORCH_CHECK(weights.sizes() == ids.sizes() && weights.is_contiguous() &&
@@ -42,7 +45,8 @@ inline MixShape check_mix_inputs(const at::Tensor& embedding, const at::Tensor& 
   const int64_t N = ids.size(0);
   check_mix_row_tensor(seed_rows, "seed_rows", N, ids);
   check_mix_row_tensor(offset_rows, "offset_rows", N, ids);
-  return MixShape{N, ids.size(1), embedding.size(0), embedding.size(1), embedding.stride(0)};
+  return MixShape{N, ids.size(1), embedding.size(0), embedding.size(1),
+                  embedding.size(0) <= 1 ? 0 : embedding.stride(0)};
 }
 
 inline at::Tensor allocate_mix_output(const at::Tensor& embedding, const MixShape& s) {

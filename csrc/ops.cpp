@@ -5,33 +5,86 @@
 #include <Python.h>
 #include <torch/library.h>
 
-// The module exists only so that `import softkernels._C` loads this library (and with it the
-// static TORCH_LIBRARY registrations below); it defines no Python functions.
+#include "common/logprob.h"
+#include "common/macros.h"
+#include "common/route.h"
+#include "soft_embed_decl.h"
+
+// The module exists so that `import softkernels._C` loads this library (and with it the static
+// TORCH_LIBRARY registrations below). It defines no functions; its attributes are the limits and
+// codes of the kernels (csrc/common/), which the Python layer reads from here instead of keeping
+// copies: softkernels._C.MAX_K, NOISE_GUMBEL, STATUS_NONFINITE, ...
+namespace {
+
+struct IntConstant {
+  const char* name;
+  long long value;
+};
+
+const IntConstant kIntConstants[] = {
+    {"MAX_K", softkernels::kMaxK},
+    {"MAX_POOL", softkernels::kMaxPool},
+    {"MAX_BATCH_DIMS", softkernels::kMaxBatchDims},
+    {"NOISE_NONE", softkernels::kNoiseNone},
+    {"NOISE_GUMBEL", softkernels::kNoiseGumbel},
+    {"NOISE_DIRICHLET", softkernels::kNoiseDirichlet},
+    {"NOISE_GAUSSIAN", softkernels::kNoiseGaussian},
+    {"STATUS_NONFINITE", softkernels::kStatusNonFinite},
+    {"STATUS_ALL_MASKED", softkernels::kStatusAllMasked},
+    {"STATUS_BAD_PARAM", softkernels::kStatusBadParam},
+    {"STATUS_BAD_HARD_ID", softkernels::kStatusBadHardId},
+    {"LP_NONFINITE", softkernels::kLpNonFinite},
+    {"LP_ALL_MASKED", softkernels::kLpAllMasked},
+    {"LP_NO_SLOT", softkernels::kLpNoSlot},
+    {"LP_BAD_NOISE", softkernels::kLpBadNoise},
+    {"LP_BAD_ID", softkernels::kLpBadId},
+    {"MODE_HARD", softkernels::kModeHard},
+    {"MODE_SOFT", softkernels::kModeSoft},
+    {"MODE_FORCED_END", softkernels::kModeForcedEnd},
+    {"PHASE_ANSWER", 0},
+    {"PHASE_THINKING", 1},
+    {"INT32_MAX", INT32_MAX},
+};
+
+struct FloatConstant {
+  const char* name;
+  double value;
+};
+
+const FloatConstant kFloatConstants[] = {
+    {"MIN_TAU", softkernels::kMinTau},
+    {"MIN_ALPHA", softkernels::kMinAlpha},
+    {"MAX_NOISE_PARAM", softkernels::kMaxNoiseParam},
+};
+
+}  // namespace
+
 extern "C" {
 PyObject* PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
+  PyObject* m = PyModule_Create(&module_def);
+  if (m == nullptr) return nullptr;
+  for (const IntConstant& c : kIntConstants) {
+    if (PyModule_AddObject(m, c.name, PyLong_FromLongLong(c.value)) < 0) return nullptr;
+  }
+  if (PyModule_AddStringConstant(m, "SOFT_EMBED_PARAMS", SK_SOFT_EMBED_NAMES) < 0 ||
+      PyModule_AddStringConstant(m, "SOFT_EMBED_BACKWARD_PARAMS", SK_SOFT_EMBED_BACKWARD_NAMES) < 0) {
+    return nullptr;
+  }
+  for (const FloatConstant& c : kFloatConstants) {
+    if (PyModule_AddObject(m, c.name, PyFloat_FromDouble(c.value)) < 0) return nullptr;
+  }
+  return m;
 }
 }
 
 TORCH_LIBRARY(softkernels, m) {
   // Fused softmax -> filters -> noise -> mixture. See docs/semantics.md. Per-row parameters come
   // either as the scalar or as the optional [B] tensor (float64 / int64) that overrides it.
-  m.def(
-      "soft_embed(Tensor logits, Tensor embedding, int k, float temperature, int top_k, "
-      "float top_p, float min_p, int seed, int offset, Tensor? temperature_rows, "
-      "Tensor? top_k_rows, Tensor? top_p_rows, Tensor? min_p_rows, Tensor? seed_rows, "
-      "Tensor? offset_rows, Tensor? hard, Tensor? hard_ids, int noise_kind, float tau, "
-      "float scale, float clamp_lo, float clamp_hi, float alpha, float sigma, int pool) -> "
-      "(Tensor embeds, Tensor ids, Tensor weights, Tensor entropy, Tensor max_prob, "
-      "Tensor noise, Tensor status)");
+  m.def(SK_SOFT_EMBED_SCHEMA("soft_embed"));
   // Gradients of soft_embed's embeds / weights / noise outputs with respect to logits and
   // embedding (the selection is held fixed; Gumbel's g is held fixed).
-  m.def(
-      "soft_embed_backward(Tensor? grad_embeds, Tensor? grad_weights, Tensor? grad_noise, "
-      "Tensor logits, Tensor embedding, Tensor ids, Tensor weights, Tensor noise, Tensor? hard, "
-      "float temperature, Tensor? temperature_rows, int noise_kind, float tau, "
-      "bool logits_grad, bool embedding_grad) -> (Tensor grad_logits, Tensor grad_embedding)");
+  m.def(SK_SOFT_EMBED_BACKWARD_SCHEMA("soft_embed_backward"));
   // The embedding mixture of soft_embed on given slots: embeds[n] = sum_j weights[n, j] *
   // embedding[ids[n, j]] (+ sigma * N(0, I) keyed by the row's seed and offset when gaussian),
   // with the same fp32 accumulation as soft_embed (slot order, zero weights skipped), so that the

@@ -33,6 +33,33 @@ inline void check_route_inputs(const at::Tensor& entropy, const at::Tensor& max_
   check(think_steps, "think_steps", at::kInt);
 }
 
+// route_step's parameters, once for the CPU kernel and the CUDA launcher (schema: csrc/ops.cpp).
+#define SK_ROUTE_STEP_CPP_PARAMS                                                                  \
+  const at::Tensor &entropy, const at::Tensor &max_prob, const at::Tensor &next_ids,              \
+      const at::Tensor &phase, const at::Tensor &low_count, const at::Tensor &think_steps,        \
+      int64_t think_end_id, double cold_stop_entropy, int64_t cold_stop_patience,                 \
+      double router_threshold, int64_t max_think_tokens
+#define SK_ROUTE_STEP_CPP_ARGS                                                                    \
+  entropy, max_prob, next_ids, phase, low_count, think_steps, think_end_id, cold_stop_entropy,    \
+      cold_stop_patience, router_threshold, max_think_tokens
+
+inline RouteOutputs allocate_route_outputs(const at::Tensor& phase);
+
+// The one host preamble of route_step: checked inputs, the rules' configuration, the outputs.
+struct RouteCall {
+  int64_t B;
+  RouteConfig cfg;
+  RouteOutputs outs;
+};
+
+inline RouteCall prepare_route_step(SK_ROUTE_STEP_CPP_PARAMS) {
+  check_route_inputs(entropy, max_prob, next_ids, phase, low_count, think_steps);
+  return RouteCall{phase.numel(),
+                   RouteConfig{think_end_id, cold_stop_entropy, cold_stop_patience,
+                               router_threshold, max_think_tokens},
+                   allocate_route_outputs(phase)};
+}
+
 inline RouteOutputs allocate_route_outputs(const at::Tensor& phase) {
   const int64_t B = phase.numel();
   return RouteOutputs{at::empty({B}, phase.options()),

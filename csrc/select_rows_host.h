@@ -3,6 +3,7 @@
 // and output allocation. Light ATen headers only, so that .cu files including it compile quickly.
 #pragma once
 
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 
@@ -44,6 +45,16 @@ inline void check_add_rows_inputs(const at::Tensor& logits, const at::Tensor& sr
               "softkernels.add_rows_: idx must be a contiguous int64 [B] tensor");
   TORCH_CHECK(count.numel() == 1 && count.scalar_type() == at::kLong,
               "softkernels.add_rows_: count must be an int64 tensor with one element");
+  // Like torch's in-place ops: no destination whose elements share memory (an expanded view),
+  // no source or index that overlaps the destination.
+  TORCH_CHECK(at::has_internal_overlap(logits) != at::MemOverlap::Yes,
+              "softkernels.add_rows_: logits has elements that share memory (an expanded or "
+              "overlapping view); pass a tensor with distinct elements (e.g. .clone())");
+  for (const at::Tensor* t : {&src, &idx, &count}) {
+    const auto st = at::get_overlap_status(logits, *t);
+    TORCH_CHECK(st != at::MemOverlapStatus::Full && st != at::MemOverlapStatus::Partial,
+                "softkernels.add_rows_: src, idx and count must not overlap logits' memory");
+  }
   for (const at::Tensor* t : {&src, &idx, &count}) {
     TORCH_CHECK(t->device() == logits.device(),
                 "softkernels.add_rows_: all tensors must be on the logits' device");

@@ -5,12 +5,14 @@
 
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
 
 #include <tuple>
 
 #include "common/filters.h"
 #include "common/params.h"
+#include "soft_embed_decl.h"
 
 namespace softkernels {
 
@@ -24,9 +26,34 @@ inline at::ScalarType stats_dtype(const at::Tensor& logits) {
   return logits.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
-// Internal invariants. User-facing validation (with argument names and values) happens first in
-// softkernels/ops.py; these checks only stop a direct call of the raw op from reading out of
-// bounds.
+// Checks of the raw op's arguments. User-facing validation (with argument names and values)
+// happens first in softkernels/ops.py; these checks make a direct call of the raw op
+// (torch.ops.softkernels.soft_embed, whatever the caller passes) unable to read or write out of
+// bounds: every shape, stride, dtype and device the kernels index with, and every size the
+// per-row scratch depends on (the candidate pool), is checked here, on the host, without reading
+// tensor data (so no host sync). Per-row tensor values are checked by the kernel itself
+// (row_params_ok, hard_ids), which flags the row instead.
+inline bool is_float_type(at::ScalarType t) {
+  return t == at::kFloat || t == at::kDouble || t == at::kBFloat16 || t == at::kHalf;
+}
+
+// A [R, C] tensor whose rows the kernels walk with stride(0) and elements with stride 1 (any
+// stride is fine along a dimension of size <= 1).
+inline void check_rows_tensor(const at::Tensor& t, const char* name, const char* shape) {
+  TORCH_CHECK(t.dim() == 2, "softkernels: ", name, " must be 2-D ", shape, ", got shape ",
+              t.sizes());
+  TORCH_CHECK(is_float_type(t.scalar_type()), "softkernels: ", name,
+              " must be float32/float64/bfloat16/float16, got ", t.scalar_type());
+  TORCH_CHECK(t.size(1) <= 1 || t.stride(1) == 1, "softkernels: ", name,
+              " must have contiguous rows (stride 1 along the last dimension), got strides ",
+              t.strides());
+}
+
+inline int64_t row_stride(const at::Tensor& t) {
+  // stride(0) of a tensor with one row may be anything; rows are then never stepped over.
+  return t.size(0) <= 1 ? 0 : t.stride(0);
+}
+
 inline void check_row_tensor(const OptTensor& t, const char* name, at::ScalarType dtype,
                              int64_t B, const at::Tensor& logits) {
   if (!t.has_value()) return;
@@ -41,10 +68,8 @@ inline void check_row_tensor(const OptTensor& t, const char* name, at::ScalarTyp
 
 inline SoftEmbedShape make_shape(const at::Tensor& logits, const at::Tensor& embedding,
                                  int64_t k, int64_t pool) {
-  TORCH_CHECK(logits.dim() == 2, "softkernels: logits must be 2-D [B, V]");
-  TORCH_CHECK(embedding.dim() == 2, "softkernels: embedding must be 2-D [V_e, D]");
-  TORCH_CHECK(logits.stride(1) == 1, "softkernels: logits rows must be contiguous");
-  TORCH_CHECK(embedding.stride(1) == 1, "softkernels: embedding rows must be contiguous");
+  check_rows_tensor(logits, "logits", "[B, V]");
+  check_rows_tensor(embedding, "embedding", "[V_e, D]");
   TORCH_CHECK(logits.device() == embedding.device(),
               "softkernels: logits and embedding must be on one device");
   SoftEmbedShape s;
@@ -54,11 +79,14 @@ inline SoftEmbedShape make_shape(const at::Tensor& logits, const at::Tensor& emb
   s.D = embedding.size(1);
   s.k = k;
   s.pool = pool;
-  s.logits_stride = logits.stride(0);
-  s.emb_stride = embedding.stride(0);
-  TORCH_CHECK(s.V >= 1 && s.Ve >= s.V, "softkernels: need 1 <= V <= V_e");
-  TORCH_CHECK(k >= 1 && k <= s.V && k <= kMaxK, "softkernels: k out of range");
-  TORCH_CHECK(pool >= k && pool <= s.V && pool <= kMaxPool, "softkernels: pool out of range");
+  s.logits_stride = row_stride(logits);
+  s.emb_stride = row_stride(embedding);
+  TORCH_CHECK(s.V >= 1 && s.Ve >= s.V, "softkernels: need 1 <= V <= V_e, got V = ", s.V,
+              ", V_e = ", s.Ve);
+  TORCH_CHECK(k >= 1 && k <= s.V && k <= kMaxK, "softkernels: k = ", k,
+              " out of range [1, min(V, ", kMaxK, ")] (V = ", s.V, ")");
+  TORCH_CHECK(pool >= k && pool <= s.V && pool <= kMaxPool, "softkernels: pool = ", pool,
+              " out of range [k, min(V, ", kMaxPool, ")] (k = ", k, ", V = ", s.V, ")");
   return s;
 }
 
@@ -91,9 +119,26 @@ inline RowParamSource make_row_source(const at::Tensor& logits, double temperatu
   return r;
 }
 
+// Noise constants as the kernels use them (float32 for every dtype but float64): each must stay
+// finite there, and tau / alpha must not round to 0 (softkernels/noise.py documents the ranges).
 inline NoiseParams make_noise(int64_t kind, double tau, double scale, double clamp_lo,
                               double clamp_hi, double alpha, double sigma) {
-  TORCH_CHECK(kind >= kNoiseNone && kind <= kNoiseGaussian, "softkernels: bad noise kind");
+  TORCH_CHECK(kind >= kNoiseNone && kind <= kNoiseGaussian, "softkernels: bad noise kind ",
+              kind);
+  if (kind == kNoiseGumbel) {
+    TORCH_CHECK(tau >= kMinTau && tau <= kMaxNoiseParam, "softkernels: Gumbel tau = ", tau,
+                " out of range [", kMinTau, ", ", kMaxNoiseParam, "]");
+    TORCH_CHECK(scale >= 0 && scale <= kMaxNoiseParam, "softkernels: Gumbel scale = ", scale,
+                " out of range [0, ", kMaxNoiseParam, "]");
+    TORCH_CHECK(clamp_lo < clamp_hi, "softkernels: Gumbel clamp needs lo < hi, got (",
+                clamp_lo, ", ", clamp_hi, ")");
+  } else if (kind == kNoiseDirichlet) {
+    TORCH_CHECK(alpha >= kMinAlpha && alpha <= kMaxNoiseParam, "softkernels: Dirichlet alpha = ",
+                alpha, " out of range [", kMinAlpha, ", ", kMaxNoiseParam, "]");
+  } else if (kind == kNoiseGaussian) {
+    TORCH_CHECK(sigma >= 0 && sigma <= kMaxNoiseParam, "softkernels: Gaussian sigma = ", sigma,
+                " out of range [0, ", kMaxNoiseParam, "]");
+  }
   return NoiseParams{static_cast<int>(kind), tau, scale, clamp_lo, clamp_hi, alpha, sigma};
 }
 
@@ -104,6 +149,116 @@ inline void check_hard(const OptTensor& hard, const OptTensor& hard_ids,
   check_row_tensor(hard_ids, "hard_ids", at::kLong, B, logits);
   TORCH_CHECK(!hard_ids.has_value() || hard.has_value(),
               "softkernels: hard_ids needs hard");
+}
+
+// Everything one soft_embed call needs, checked: the one host preamble of the CPU kernel, the
+// CUDA launcher and the CUDA emulation (tools/cuda_emu).
+struct SoftEmbedCall {
+  SoftEmbedShape sh;
+  RowParamSource rs;
+  NoiseParams np;
+  const bool* hard;
+  const int64_t* hard_ids;
+};
+
+inline SoftEmbedCall prepare_soft_embed(SK_SOFT_EMBED_CPP_PARAMS) {
+  SoftEmbedCall c;
+  c.sh = make_shape(logits, embedding, k, pool);
+  c.rs = make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset,
+                         temperature_rows, top_k_rows, top_p_rows, min_p_rows, seed_rows,
+                         offset_rows);
+  c.np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
+  check_hard(hard, hard_ids, logits);
+  c.hard = hard ? hard->data_ptr<bool>() : nullptr;
+  c.hard_ids = hard_ids ? hard_ids->data_ptr<int64_t>() : nullptr;
+  // Scalar parameters are the same for every row: check them here, as the kernel sees them
+  // (float32 unless the logits are float64). With a per-row tensor among them the kernel checks
+  // every row itself (row_params_ok) and flags the bad ones. Either way no row may need a larger
+  // candidate pool than the `pool` its scratch is sized for.
+  if (!c.rs.any_rows() && c.sh.B > 0) {
+    const bool ok = logits.scalar_type() == at::kDouble
+                        ? row_params_ok(c.rs.row<double>(0), c.sh.V, k, c.np.kind, pool)
+                        : row_params_ok(c.rs.row<float>(0), c.sh.V, k, c.np.kind, pool);
+    TORCH_CHECK(ok, "softkernels: scalar parameters out of range or needing a candidate pool "
+                "larger than pool = ", pool, ": temperature = ", temperature, ", top_k = ", top_k,
+                ", top_p = ", top_p, ", min_p = ", min_p, " (needed pool ",
+                row_pool_size(c.sh.V, k, top_k, c.np.kind == kNoiseDirichlet), ")");
+  }
+  return c;
+}
+
+// The one host preamble of soft_embed_backward (CPU kernel and CUDA launcher): every tensor the
+// kernels index, checked, and the optional gradients made contiguous. Slot ids are data (not read
+// here): the kernels skip a slot whose id is outside [0, V) for the logits' gradient and outside
+// [0, V_e) for the embedding's, and slots whose weight is not > 0 (zero, or NaN in a row the
+// forward flagged), so that neither a hostile call nor a poisoned row writes out of bounds or
+// spreads NaN into the table's gradient.
+struct SoftEmbedBackwardCall {
+  int64_t B, k, V, Ve, D;
+  OptTensor ge, gw, gn;
+  RowParamSource rs;
+  const bool* hard;
+  at::Tensor grad_logits, grad_embedding;  // zeros, written by the kernels
+};
+
+inline SoftEmbedBackwardCall prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_CPP_PARAMS) {
+  check_rows_tensor(logits, "logits", "[B, V]");
+  check_rows_tensor(embedding, "embedding", "[V_e, D]");
+  const auto dev = logits.device();
+  TORCH_CHECK(embedding.device() == dev, "softkernels: logits and embedding must be on one device");
+  SoftEmbedBackwardCall c;
+  c.B = logits.size(0);
+  c.V = logits.size(1);
+  c.Ve = embedding.size(0);
+  c.D = embedding.size(1);
+  TORCH_CHECK(ids.dim() == 2 && ids.is_contiguous() && ids.size(0) == c.B &&
+                  ids.scalar_type() == at::kLong && ids.device() == dev,
+              "softkernels: ids must be a contiguous int64 [B, k] tensor on the logits' device, "
+              "got ", ids.scalar_type(), " of shape ", ids.sizes());
+  c.k = ids.size(1);
+  TORCH_CHECK(c.k <= kMaxK, "softkernels: ids must have k <= ", kMaxK, " slots, got ", c.k);
+  TORCH_CHECK(weights.is_contiguous() && weights.sizes() == ids.sizes() &&
+                  weights.scalar_type() == stats_dtype(logits) && weights.device() == dev,
+              "softkernels: weights must be a contiguous [B, k] tensor in the logits' stats dtype");
+  TORCH_CHECK(noise_kind >= kNoiseNone && noise_kind <= kNoiseGaussian,
+              "softkernels: bad noise kind ", noise_kind);
+  if (noise_kind == kNoiseGumbel) {
+    TORCH_CHECK(noise.is_contiguous() && noise.sizes() == ids.sizes() &&
+                    noise.scalar_type() == weights.scalar_type() && noise.device() == dev,
+                "softkernels: noise must be the forward's g' [B, k]");
+    TORCH_CHECK(tau >= kMinTau && tau <= kMaxNoiseParam, "softkernels: Gumbel tau = ", tau,
+                " out of range");
+  }
+  auto contig = [](const OptTensor& t) -> OptTensor {
+    return t ? OptTensor(t->contiguous()) : OptTensor();
+  };
+  c.ge = contig(grad_embeds);
+  c.gw = contig(grad_weights);
+  c.gn = noise_kind == kNoiseGumbel ? contig(grad_noise) : OptTensor();
+  if (c.ge) {
+    TORCH_CHECK(c.ge->scalar_type() == embedding.scalar_type() && c.ge->dim() == 2 &&
+                    c.ge->size(0) == c.B && c.ge->size(1) == c.D && c.ge->device() == dev,
+                "softkernels: grad_embeds must be [B, D] in the embedding's dtype");
+  }
+  if (c.gw) {
+    TORCH_CHECK(c.gw->sizes() == ids.sizes() && c.gw->scalar_type() == weights.scalar_type() &&
+                    c.gw->device() == dev,
+                "softkernels: grad_weights must be [B, k] in the weights' dtype");
+  }
+  if (c.gn) {
+    TORCH_CHECK(c.gn->sizes() == ids.sizes() && c.gn->scalar_type() == weights.scalar_type() &&
+                    c.gn->device() == dev,
+                "softkernels: grad_noise must be [B, k] in the weights' dtype");
+  }
+  check_row_tensor(hard, "hard", at::kBool, c.B, logits);
+  c.hard = hard ? hard->data_ptr<bool>() : nullptr;
+  c.rs = make_row_source(logits, temperature, 0, 1.0, 0.0, 0, 0, temperature_rows, {}, {}, {},
+                         {}, {});
+  (void)logits_grad;
+  (void)embedding_grad;
+  c.grad_logits = at::zeros(logits.sizes(), logits.options());
+  c.grad_embedding = at::zeros(embedding.sizes(), embedding.options());
+  return c;
 }
 
 inline SoftEmbedOutputs allocate_outputs(const at::Tensor& logits, const at::Tensor& embedding,

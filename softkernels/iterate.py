@@ -20,8 +20,9 @@ from typing import NamedTuple, Union
 import torch
 
 from . import _C  # noqa: F401  (loads the op library)
-from ._checks import FLOAT_DTYPES, check_int, check_tensor, is_compiling
-from .ops import MAX_K, soft_embed
+from ._checks import (FLOAT_DTYPES, MAX_K, check_bool, check_float, check_int, check_tensor,
+                      skip_data_checks)
+from .ops import soft_embed
 
 __all__ = ["SelectedRows", "select_rows", "iteration_embeds", "add_rows_", "max_prob"]
 
@@ -51,13 +52,7 @@ def _add_rows_fake(logits, src, idx, count):
 
 
 def _threshold(fn: str, threshold) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"{fn}: threshold must be a number, got {type(threshold).__name__} "
-                        f"{threshold!r}")
-    t = float(threshold)
-    if math.isnan(t):
-        raise ValueError(f"{fn}: threshold must not be NaN, got {threshold!r}")
-    return t
+    return check_float(fn, "threshold", threshold)
 
 
 def select_rows(scores: torch.Tensor, threshold: float) -> SelectedRows:
@@ -85,6 +80,10 @@ def max_prob(logits: torch.Tensor) -> torch.Tensor:
     """float32 [B]: the largest probability of softmax(logits) per row (temperature 1), the
     default score of selective iteration. ``exp(max - logsumexp)`` in float32 (float64 for
     float64 logits)."""
+    check_tensor("max_prob", "logits", logits, dtypes=FLOAT_DTYPES)
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"max_prob: logits must be a [..., V] tensor with V >= 1, got shape "
+                         f"{tuple(logits.shape)}")
     x = logits if logits.dtype == torch.float64 else logits.float()
     return torch.exp(x.amax(-1) - torch.logsumexp(x, -1))
 
@@ -115,13 +114,55 @@ def iteration_embeds(logits: torch.Tensor, embedding: torch.Tensor, rows: torch.
     fn = "iteration_embeds"
     check_tensor(fn, "logits", logits, ndim=2, dtypes=FLOAT_DTYPES, shape_hint=" [B, V]")
     top_m = check_int(fn, "top_m", top_m, 1, MAX_K)
+    check_bool(fn, "validate", validate)
     if rows is not None:
         check_tensor(fn, "rows", rows, ndim=1, dtypes=(torch.int64, torch.int32),
                      device=logits.device)
+        B = logits.shape[0]
+        if rows.numel() and not skip_data_checks(logits, rows):
+            bad = ((rows < 0) | (rows >= B)).nonzero()
+            if bad.numel():
+                j = int(bad[0, 0])
+                raise ValueError(f"{fn}: rows[{j}] = {int(rows[j])} is not a row of logits "
+                                 f"(B = {B})")
         logits = logits.index_select(0, rows)
     k = min(top_m, logits.shape[1]) if logits.shape[1] > 0 else top_m
     return soft_embed(logits, embedding, k=k, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0,
                       validate=validate).embeds
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.numel() == 0 or b.numel() == 0 or a.device != b.device or a.device.type == "meta":
+        return False
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    if sa.data_ptr() != sb.data_ptr():
+        return False
+    # Same storage: the byte ranges the two views span.
+    def span(t):
+        lo = t.storage_offset() * t.element_size()
+        hi = lo + (sum((s - 1) * st for s, st in zip(t.shape, t.stride())) + 1) * t.element_size()
+        return lo, hi
+    (a0, a1), (b0, b1) = span(a), span(b)
+    return a0 < b1 and b0 < a1
+
+
+def _check_in_place(fn: str, logits, src, idx, count) -> None:
+    """What torch's own in-place ops refuse: a leaf that requires grad (and, since add_rows_ is
+    not differentiable, any logits in an autograd graph), a destination with elements that share
+    memory, and inputs that overlap the destination."""
+    if logits.requires_grad and (logits.is_leaf or torch.is_grad_enabled()):
+        raise ValueError(f"{fn}: logits requires grad; add_rows_ modifies it in place and is not "
+                         "differentiable: call it under torch.no_grad() on a tensor that is not "
+                         "a leaf requiring grad (e.g. logits.detach())")
+    if logits.numel() > 1 and logits.device.type != "meta" and \
+            torch._debug_has_internal_overlap(logits) == 1:
+        raise ValueError(f"{fn}: logits has elements that share memory (an expanded or "
+                         f"overlapping view, strides {logits.stride()}); writing to it in place "
+                         "is ambiguous: pass a tensor with distinct elements (e.g. .clone())")
+    for name, t in (("src", src), ("idx", idx), ("count", count)):
+        if _shares_memory(logits, t):
+            raise ValueError(f"{fn}: {name} overlaps logits in memory; pass a copy "
+                             f"({name}.clone())")
 
 
 def add_rows_(logits: torch.Tensor, src: torch.Tensor, idx: torch.Tensor,
@@ -163,15 +204,15 @@ def add_rows_(logits: torch.Tensor, src: torch.Tensor, idx: torch.Tensor,
     else:
         count = check_int(fn, "count", count, 0)
         count_t = torch.tensor([count], dtype=torch.int64, device=dev)
-    if not isinstance(validate, bool):
-        raise TypeError(f"{fn}: validate must be a bool, got {validate!r}")
+    check_bool(fn, "validate", validate)
+    _check_in_place(fn, logits, src, idx, count_t)
     if logits.shape[1] > 1 and logits.stride(1) != 1:
         raise ValueError(f"{fn}: logits must have contiguous rows (stride 1 along V), got "
                          f"strides {logits.stride()}")
     if src.shape[1] > 1 and src.stride(1) != 1:
         src = src.contiguous()
     idx = idx.contiguous()
-    if validate and not is_compiling() and idx.numel():
+    if validate and not skip_data_checks(logits, idx, count_t) and idx.numel():
         n = max(0, min(int(count_t), idx.shape[0], src.shape[0]))
         head = idx[:n]
         bad = ((head < 0) | (head >= B)).nonzero()

@@ -14,8 +14,10 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from . import _C  # noqa: F401  (loads the op library)
-from ._checks import FLOAT_DTYPES, check_float, check_tensor, is_compiling
+from . import _C
+from .ops import refuse_double_backward
+from ._checks import (FLOAT_DTYPES, INT_DTYPES, MAX_K, check_bool, check_float, check_tensor,
+                      pair_arg, skip_data_checks)
 
 __all__ = ["gumbel_logprob", "gaussian_logprob", "DEFAULT_MIN_WEIGHT", "DEFAULT_CLAMP"]
 
@@ -24,12 +26,13 @@ DEFAULT_MIN_WEIGHT = math.exp(-3.0)
 # SofT-GRPO's clamp of the recovered Gumbel variable (also softkernels.Gumbel's default).
 DEFAULT_CLAMP = (-1.5, 3.0)
 
-# Must match csrc/common/macros.h kMaxK and csrc/common/logprob.h (kMaxBatchDims, LogprobStatus).
-_MAX_K = 1024
-_MAX_BATCH_DIMS = 8
-_LP_NONFINITE, _LP_ALL_MASKED, _LP_NO_SLOT, _LP_BAD_NOISE, _LP_BAD_ID = 1, 2, 4, 8, 16
+# The kernels' limits and status bits (csrc/common/, exported by the extension).
+_MAX_K = MAX_K
+_MAX_BATCH_DIMS = _C.MAX_BATCH_DIMS
+_LP_NONFINITE, _LP_ALL_MASKED, _LP_NO_SLOT, _LP_BAD_NOISE, _LP_BAD_ID = (
+    _C.LP_NONFINITE, _C.LP_ALL_MASKED, _C.LP_NO_SLOT, _C.LP_BAD_NOISE, _C.LP_BAD_ID)
 
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
+_INT_DTYPES = INT_DTYPES
 
 
 def _stats_dtype(t: torch.Tensor) -> torch.dtype:
@@ -123,6 +126,9 @@ def _gaussian_backward(ctx, grad, grad_sqdist):
 torch.library.register_autograd("softkernels::gaussian_logprob", _gaussian_backward,
                                 setup_context=_gaussian_setup_context)
 
+refuse_double_backward("gumbel_logprob_backward", "gumbel_logprob")
+refuse_double_backward("gaussian_logprob_backward", "gaussian_logprob")
+
 
 # --------------------------------------------------------------------------------------------
 # Public functions.
@@ -166,14 +172,7 @@ def _raise_for_status(fn: str, status: torch.Tensor, ids: torch.Tensor, V: int) 
 def _check_clamp(fn: str, clamp) -> Tuple[float, float]:
     if clamp is None:
         return -math.inf, math.inf
-    if (not isinstance(clamp, (tuple, list)) or len(clamp) != 2
-            or not all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in clamp)):
-        raise TypeError(f"{fn}: clamp must be a (lo, hi) pair of numbers or None, got {clamp!r}")
-    lo, hi = float(clamp[0]), float(clamp[1])
-    # x != x tests NaN (math.isnan does not trace with dynamic=True)
-    if lo != lo or hi != hi or not lo < hi:
-        raise ValueError(f"{fn}: clamp must satisfy lo < hi, got {clamp!r}")
-    return lo, hi
+    return pair_arg(f"{fn}: clamp", clamp)
 
 
 def _positive(fn: str, name: str, value) -> float:
@@ -268,9 +267,8 @@ def gumbel_logprob(
         if tuple(hard.shape) != batch:
             raise ValueError(f"{fn}: hard must have the logits' leading shape {batch}, got "
                              f"{tuple(hard.shape)}")
-    if not isinstance(validate, bool):
-        raise TypeError(f"{fn}: validate must be a bool, got {validate!r}")
-    check_data = validate and not is_compiling()
+    check_bool(fn, "validate", validate)
+    check_data = validate and not skip_data_checks(logits)
 
     if len(batch) > _MAX_BATCH_DIMS:
         logits, ids, g_prime = logits.reshape(-1, V), ids.reshape(-1, k), g_prime.reshape(-1, k)
@@ -334,8 +332,7 @@ def gaussian_logprob(
     except RuntimeError:
         raise ValueError(f"{fn}: the leading shapes of x {tuple(x.shape)} and mean "
                          f"{tuple(mean.shape)} do not broadcast") from None
-    if not isinstance(validate, bool):
-        raise TypeError(f"{fn}: validate must be a bool, got {validate!r}")
+    check_bool(fn, "validate", validate)
     stats = _stats_dtype(x)
     sigma_rows = None
     sigma_s = 1.0
@@ -352,7 +349,7 @@ def gaussian_logprob(
         if not ok:
             raise ValueError(f"{fn}: sigma must broadcast to the leading shape {batch}, got shape "
                              f"{tuple(sigma.shape)}")
-        if validate and not is_compiling() and sigma.numel() > 0:
+        if validate and not skip_data_checks(x, sigma) and sigma.numel() > 0:
             bad = (~(torch.isfinite(sigma) & (sigma > 0))).reshape(-1).nonzero()
             if bad.numel():
                 i = int(bad[0, 0])

@@ -21,14 +21,14 @@ from typing import Optional, Union
 import torch
 
 from . import _C  # noqa: F401  (loads the op library)
-from ._checks import FLOAT_DTYPES, check_tensor, is_compiling
+from ._checks import (FLOAT_DTYPES, I64_MAX, I64_MIN, INT_DTYPES, MAX_K, check_bool, check_int,
+                      check_tensor, skip_data_checks)
 from .noise import Gaussian, Noise, noise_kind
 
 __all__ = ["mix_embeddings"]
 
-_MAX_K = 1024  # csrc/common/macros.h kMaxK
-_INT_DTYPES = (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)
-_I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
+_MAX_K = MAX_K
+_INT_DTYPES = INT_DTYPES
 
 
 @torch.library.register_fake("softkernels::mix_embeddings")
@@ -90,9 +90,7 @@ def _row_keys(fn: str, name: str, value, lead, device) -> tuple:
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{fn}: {name} must be an int or an integer tensor, got "
                         f"{type(value).__name__} {value!r}")
-    if not _I64_MIN <= value <= _I64_MAX:
-        raise ValueError(f"{fn}: {name} = {value} does not fit in int64")
-    return value, None
+    return check_int(fn, name, value, I64_MIN, I64_MAX), None
 
 
 def mix_embeddings(
@@ -150,8 +148,7 @@ def mix_embeddings(
         raise ValueError(f"{fn}: at most {_MAX_K} slots per row, got k = {k}")
     kind = noise_kind(noise)  # TypeError for anything that is not a noise spec
     del kind
-    if not isinstance(validate, bool):
-        raise TypeError(f"{fn}: validate must be a bool, got {validate!r}")
+    check_bool(fn, "validate", validate)
     lead = tuple(ids.shape[:-1])
     seed_s, seed_t = _row_keys(fn, "seed", seed, lead, device)
     offset_s, offset_t = _row_keys(fn, "offset", offset, lead, device)
@@ -163,7 +160,7 @@ def mix_embeddings(
     if weights.dtype not in (torch.float32, torch.float64):
         weights = weights.to(torch.float32)
     flat_w = weights.reshape(N, k).contiguous()
-    if validate and not is_compiling() and N > 0 and k > 0:
+    if validate and not skip_data_checks(embedding, ids) and N > 0 and k > 0:
         Ve = embedding.shape[0]
         bad = ((flat_w != 0) & ((flat_ids < 0) | (flat_ids >= Ve))).any(1).nonzero()
         if bad.numel():

@@ -12,19 +12,19 @@ import math
 from dataclasses import dataclass
 from typing import Optional, Tuple, Union
 
+from . import _C
+from ._checks import bool_arg, float_arg, pair_arg
+
 __all__ = ["Gumbel", "Dirichlet", "Gaussian", "Noise", "NOISE_NONE", "NOISE_GUMBEL",
            "NOISE_DIRICHLET", "NOISE_GAUSSIAN", "noise_kind"]
 
-# Must match csrc/common/macros.h (NoiseKind).
-NOISE_NONE, NOISE_GUMBEL, NOISE_DIRICHLET, NOISE_GAUSSIAN = 0, 1, 2, 3
+# The kernels' codes (csrc/common/macros.h NoiseKind, exported by the extension).
+NOISE_NONE, NOISE_GUMBEL, NOISE_DIRICHLET, NOISE_GAUSSIAN = (
+    _C.NOISE_NONE, _C.NOISE_GUMBEL, _C.NOISE_DIRICHLET, _C.NOISE_GAUSSIAN)
 
-
-def _positive_finite(cls: str, name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{cls}.{name} must be a number, got {type(value).__name__} {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{cls}.{name} must be a finite number > 0, got {value!r}")
-    return float(value)
+# Ranges in which the float32 kernels stay finite (csrc/common/macros.h): tau at least the
+# smallest normal float32, alpha at least 1e-30, every constant at most 1e30.
+MIN_TAU, MIN_ALPHA, MAX_NOISE_PARAM = _C.MIN_TAU, _C.MIN_ALPHA, _C.MAX_NOISE_PARAM
 
 
 @dataclass(frozen=True)
@@ -37,8 +37,10 @@ class Gumbel:
     token's log-probability with :func:`softkernels.gumbel_logprob`.
 
     Args:
-        tau: Gumbel-softmax temperature (> 0). Default 0.5, as in Randomized Soft Thinking.
-        scale: multiplier of the (clamped) Gumbel variable ("noise_factor" in SofT-GRPO). Default 1.
+        tau: Gumbel-softmax temperature in [1.18e-38, 1e30] (a normal float32, so that 1 / tau
+            stays finite). Default 0.5, as in Randomized Soft Thinking.
+        scale: multiplier of the (clamped) Gumbel variable ("noise_factor" in SofT-GRPO), in
+            [0, 1e30]. Default 1.
         clamp: ``(lo, hi)`` bounds applied to g before scaling, or None for no clamp.
             Default (-1.5, 3.0), SofT-GRPO's values; they keep the log-density of g bounded.
     """
@@ -48,22 +50,12 @@ class Gumbel:
     clamp: Optional[Tuple[float, float]] = (-1.5, 3.0)
 
     def __post_init__(self):
-        object.__setattr__(self, "tau", _positive_finite("Gumbel", "tau", self.tau))
-        if isinstance(self.scale, bool) or not isinstance(self.scale, (int, float)):
-            raise TypeError(f"Gumbel.scale must be a number, got {self.scale!r}")
-        if not (math.isfinite(self.scale) and self.scale >= 0):
-            raise ValueError(f"Gumbel.scale must be a finite number >= 0, got {self.scale!r}")
-        object.__setattr__(self, "scale", float(self.scale))
+        object.__setattr__(self, "tau", float_arg("Gumbel.tau", self.tau, lo=MIN_TAU,
+                                                  hi=MAX_NOISE_PARAM))
+        object.__setattr__(self, "scale", float_arg("Gumbel.scale", self.scale, lo=0.0,
+                                                    hi=MAX_NOISE_PARAM))
         if self.clamp is not None:
-            if (not isinstance(self.clamp, (tuple, list)) or len(self.clamp) != 2
-                    or not all(isinstance(c, (int, float)) and not isinstance(c, bool)
-                               for c in self.clamp)):
-                raise TypeError(f"Gumbel.clamp must be a (lo, hi) pair of numbers or None, "
-                                f"got {self.clamp!r}")
-            lo, hi = float(self.clamp[0]), float(self.clamp[1])
-            if math.isnan(lo) or math.isnan(hi) or not lo < hi:
-                raise ValueError(f"Gumbel.clamp must satisfy lo < hi, got {self.clamp!r}")
-            object.__setattr__(self, "clamp", (lo, hi))
+            object.__setattr__(self, "clamp", pair_arg("Gumbel.clamp", self.clamp))
 
     @property
     def bounds(self) -> Tuple[float, float]:
@@ -80,14 +72,16 @@ class Dirichlet:
     flows from them to the logits.
 
     Args:
-        alpha: concentration multiplier (> 0). Default 4.0, the value used in the paper's runs.
-            Larger alpha means less noise.
+        alpha: concentration multiplier in [1e-30, 1e30] (smaller ones underflow the float32
+            Gamma draws). Default 4.0, the value used in the paper's runs. Larger alpha means less
+            noise.
     """
 
     alpha: float = 4.0
 
     def __post_init__(self):
-        object.__setattr__(self, "alpha", _positive_finite("Dirichlet", "alpha", self.alpha))
+        object.__setattr__(self, "alpha", float_arg("Dirichlet.alpha", self.alpha, lo=MIN_ALPHA,
+                                                    hi=MAX_NOISE_PARAM))
 
 
 @dataclass(frozen=True)
@@ -97,7 +91,7 @@ class Gaussian:
     ``embeds += sigma * N(0, I_D)``, with the normal draws keyed by embedding dimension.
 
     Args:
-        sigma: standard deviation (>= 0), in embedding units; or, when ``relative`` is True, as a
+        sigma: standard deviation in [0, 1e30], in embedding units; or, when ``relative`` is True, as a
             multiple of the embedding matrix's RMS (the paper uses 0.33 x RMS). Default 0.33.
         relative: interpret sigma relative to ``sqrt(mean(E**2))``. Default True. With a relative
             sigma, :func:`softkernels.soft_embed` computes the RMS on every call (one pass over E
@@ -109,13 +103,9 @@ class Gaussian:
     relative: bool = True
 
     def __post_init__(self):
-        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)):
-            raise TypeError(f"Gaussian.sigma must be a number, got {self.sigma!r}")
-        if not (math.isfinite(self.sigma) and self.sigma >= 0):
-            raise ValueError(f"Gaussian.sigma must be a finite number >= 0, got {self.sigma!r}")
-        object.__setattr__(self, "sigma", float(self.sigma))
-        if not isinstance(self.relative, bool):
-            raise TypeError(f"Gaussian.relative must be a bool, got {self.relative!r}")
+        object.__setattr__(self, "sigma", float_arg("Gaussian.sigma", self.sigma, lo=0.0,
+                                                    hi=MAX_NOISE_PARAM))
+        bool_arg("Gaussian.relative", self.relative)
 
     def absolute(self, embedding) -> "Gaussian":
         """This noise with sigma in embedding units (resolving ``relative`` against ``embedding``)."""

@@ -13,20 +13,20 @@ from typing import Optional, Union
 import torch
 
 from . import _C  # noqa: F401  (loads the op library)
-from ._checks import FLOAT_DTYPES, check_int, check_tensor, is_compiling, row_param
+from ._checks import (FLOAT_DTYPES, I64_MAX, I64_MIN, MAX_K, MAX_POOL, check_bool, check_float,
+                      check_int, check_tensor, is_compiling, row_param, skip_data_checks,
+                      to_f32)
 from .noise import (NOISE_DIRICHLET, NOISE_GAUSSIAN, NOISE_GUMBEL, Dirichlet, Gaussian, Gumbel,
                     Noise, noise_kind)
 from .soft_tokens import SoftTokens
 
 __all__ = ["soft_embed", "MAX_K", "MAX_POOL"]
 
-# Must match csrc/common/macros.h.
-MAX_K = 1024
-MAX_POOL = 1024
-_I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
+_I64_MIN, _I64_MAX = I64_MIN, I64_MAX
 
-# Status bits written by the kernel (csrc/common/macros.h RowStatus).
-_STATUS_NONFINITE, _STATUS_ALL_MASKED, _STATUS_BAD_PARAM, _STATUS_BAD_HARD_ID = 1, 2, 4, 8
+# Status bits written by the kernel (csrc/common/macros.h RowStatus, exported by the extension).
+_STATUS_NONFINITE, _STATUS_ALL_MASKED, _STATUS_BAD_PARAM, _STATUS_BAD_HARD_ID = (
+    _C.STATUS_NONFINITE, _C.STATUS_ALL_MASKED, _C.STATUS_BAD_PARAM, _C.STATUS_BAD_HARD_ID)
 
 
 # --------------------------------------------------------------------------------------------
@@ -36,44 +36,47 @@ def _stats_dtype(logits: torch.Tensor) -> torch.dtype:
     return torch.float64 if logits.dtype == torch.float64 else torch.float32
 
 
+# The raw ops' parameters in schema order, from their one declaration (csrc/soft_embed_decl.h).
+SOFT_EMBED_PARAMS = tuple(_C.SOFT_EMBED_PARAMS.split(","))
+SOFT_EMBED_BACKWARD_PARAMS = tuple(_C.SOFT_EMBED_BACKWARD_PARAMS.split(","))
+
+
 @torch.library.register_fake("softkernels::soft_embed")
-def _soft_embed_fake(logits, embedding, k, temperature, top_k, top_p, min_p, seed, offset,
-                     temperature_rows, top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows,
-                     hard, hard_ids, noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma, pool):
+def _soft_embed_fake(*args):
+    a = dict(zip(SOFT_EMBED_PARAMS, args))
+    logits, k = a["logits"], a["k"]
     B = logits.shape[0]
-    D = embedding.shape[1]
+    D = a["embedding"].shape[1]
     f = _stats_dtype(logits)
     return (
-        logits.new_empty((B, D), dtype=embedding.dtype),
+        logits.new_empty((B, D), dtype=a["embedding"].dtype),
         logits.new_empty((B, k), dtype=torch.int64),
         logits.new_empty((B, k), dtype=f),
         logits.new_empty((B,), dtype=f),
         logits.new_empty((B,), dtype=f),
-        logits.new_empty((B, k) if noise_kind == NOISE_GUMBEL else (0,), dtype=f),
+        logits.new_empty((B, k) if a["noise_kind"] == NOISE_GUMBEL else (0,), dtype=f),
         logits.new_empty((B,), dtype=torch.int32),
     )
 
 
 @torch.library.register_fake("softkernels::soft_embed_backward")
-def _soft_embed_backward_fake(grad_embeds, grad_weights, grad_noise, logits, embedding, ids,
-                              weights, noise, hard, temperature, temperature_rows, noise_kind,
-                              tau, logits_grad, embedding_grad):
-    return torch.empty_like(logits), torch.empty_like(embedding)
+def _soft_embed_backward_fake(*args):
+    a = dict(zip(SOFT_EMBED_BACKWARD_PARAMS, args))
+    return torch.empty_like(a["logits"]), torch.empty_like(a["embedding"])
 
 
 # --------------------------------------------------------------------------------------------
 # Autograd: gradients reach logits and embedding through embeds, weights and (Gumbel) noise.
 
 def _soft_embed_setup_context(ctx, inputs, output):
-    (logits, embedding, k, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
-     top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows, hard, hard_ids, noise_kind, tau,
-     scale, clamp_lo, clamp_hi, alpha, sigma, pool) = inputs
+    a = dict(zip(SOFT_EMBED_PARAMS, inputs))
     embeds, ids, weights, entropy, max_prob, noise, status = output
     ctx.mark_non_differentiable(ids, entropy, max_prob, status)
-    ctx.save_for_backward(logits, embedding, ids, weights, noise, hard, temperature_rows)
-    ctx.temperature = temperature
-    ctx.noise_kind = noise_kind
-    ctx.tau = tau
+    ctx.save_for_backward(a["logits"], a["embedding"], ids, weights, noise, a["hard"],
+                          a["temperature_rows"])
+    ctx.temperature = a["temperature"]
+    ctx.noise_kind = a["noise_kind"]
+    ctx.tau = a["tau"]
 
 
 def _soft_embed_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_prob, g_noise, g_status):
@@ -87,11 +90,27 @@ def _soft_embed_backward(ctx, g_embeds, g_ids, g_weights, g_entropy, g_max_prob,
             ctx.noise_kind, ctx.tau, need_logits, need_embedding)
         grad_logits = gl if need_logits else None
         grad_embedding = ge if need_embedding else None
-    return (grad_logits, grad_embedding) + (None,) * 23
+    return (grad_logits, grad_embedding) + (None,) * (len(SOFT_EMBED_PARAMS) - 2)
 
 
 torch.library.register_autograd("softkernels::soft_embed", _soft_embed_backward,
                                 setup_context=_soft_embed_setup_context)
+
+
+def refuse_double_backward(op: str, public: str) -> None:
+    """Registers an autograd formula for a backward op that raises: a second derivative (through
+    torch.autograd.grad(..., create_graph=True)) would otherwise come back silently as zero."""
+    def setup_context(ctx, inputs, output):
+        pass
+
+    def backward(ctx, *grads):
+        raise RuntimeError(f"{public}: double backward (a derivative of its gradient) is not "
+                           "implemented; its gradient is first-order only")
+
+    torch.library.register_autograd(f"softkernels::{op}", backward, setup_context=setup_context)
+
+
+refuse_double_backward("soft_embed_backward", "soft_embed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,7 +127,31 @@ def _row_pool_size(V: int, k: int, top_k, dirichlet: bool):
     return min(V if dirichlet else k, V)
 
 
-def _raise_for_status(status: torch.Tensor, B: int) -> None:
+def _check_inverse_temperature(fn, scalar, rows, f32, check_data) -> None:
+    """The kernels multiply by 1 / temperature: it must be a positive finite number in their
+    precision (float32 unless the logits are float64)."""
+    def ok(inv: float) -> bool:
+        v = to_f32(inv) if f32 else inv
+        return 0.0 < v < math.inf
+    prec = "float32" if f32 else "float64"
+    if rows is None:
+        if not ok(1.0 / scalar):
+            raise ValueError(f"{fn}: temperature = {scalar} is outside the range the kernels can "
+                             f"use: 1 / temperature = {1.0 / scalar} is not a positive finite "
+                             f"{prec} number")
+    elif check_data and rows.numel():
+        inv = 1.0 / rows
+        if f32:
+            inv = inv.float()
+        bad = (~(torch.isfinite(inv) & (inv > 0))).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            raise ValueError(f"{fn}: temperature[{i}] = {rows[i].item()} is outside the range the "
+                             f"kernels can use: 1 / temperature is not a positive finite {prec} "
+                             "number")
+
+
+def _raise_for_status(status: torch.Tensor, B: int, rows=None) -> None:
     bad = status.nonzero()
     if bad.numel() == 0:
         return
@@ -123,7 +166,10 @@ def _raise_for_status(status: torch.Tensor, B: int) -> None:
                          "at least one token must be allowed.")
     if s & _STATUS_BAD_HARD_ID:
         raise ValueError(f"soft_embed: hard_ids[{b}] is not a token id in [0, V)")
-    raise ValueError(f"soft_embed: a per-row parameter of row {b} is out of range")
+    named = ", ".join(f"{n}[{b}] = {t[b].item()}" for n, t in (rows or {}).items()
+                      if t is not None)
+    raise ValueError(f"soft_embed: the per-row parameters of row {b} are out of range for the "
+                     f"kernel or need a candidate pool over {MAX_POOL} tokens ({named})")
 
 
 def soft_embed(
@@ -193,14 +239,17 @@ def soft_embed(
                          "need V_e >= V")
     k = check_int(fn, "k", k, 1, min(V, MAX_K))
     kind = noise_kind(noise)
-    if not isinstance(validate, bool):
-        raise TypeError(f"{fn}: validate must be a bool, got {validate!r}")
-    check_data = validate and not is_compiling()
+    check_bool(fn, "validate", validate)
+    check_data = validate and not skip_data_checks(logits, embedding)
 
-    common = dict(B=B, device=device, check_data=check_data)
+    # The kernels compute in float32 (float64 for float64 logits): ranges are checked on the
+    # values they will see.
+    f32 = logits.dtype != torch.float64
+    common = dict(B=B, device=device, check_data=check_data, f32=f32)
     temperature_s, temperature_t = row_param(fn, "temperature", temperature, integer=False,
                                              lo=0.0, hi=math.inf, lo_open=True, hi_open=True,
                                              **common)
+    _check_inverse_temperature(fn, temperature_s, temperature_t, f32, check_data)
     # top_k >= V keeps every token, like top_k = 0 (as Hugging Face's top-k warper clamps).
     top_k_s, top_k_t = row_param(fn, "top_k", top_k, integer=True, lo=0, hi=_I64_MAX,
                                  lo_open=False, hi_open=False, **common)
@@ -270,7 +319,13 @@ def soft_embed(
     elif isinstance(noise, Dirichlet):
         alpha = noise.alpha
     elif isinstance(noise, Gaussian):
-        sigma = noise.absolute(embedding).sigma
+        if noise.relative and is_compiling():
+            raise ValueError(f"{fn}: a relative Gaussian noise (Gaussian(relative=True)) needs the "
+                             "embedding's RMS, a data-dependent value that torch.compile cannot "
+                             "trace; resolve it outside the compiled region with "
+                             "noise.absolute(embedding)")
+        sigma = check_float(fn, "noise.sigma (in embedding units)",
+                            noise.absolute(embedding).sigma, lo=0.0, hi=_C.MAX_NOISE_PARAM)
 
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
@@ -281,6 +336,7 @@ def soft_embed(
         temperature_t, top_k_t, top_p_t, min_p_t, seed_t, offset_t, hard, hard_ids, kind, tau,
         scale, clamp_lo, clamp_hi, alpha, sigma, pool)
     if check_data and B > 0:
-        _raise_for_status(status, B)
+        _raise_for_status(status, B, dict(temperature=temperature_t, top_k=top_k_t,
+                                          top_p=top_p_t, min_p=min_p_t))
     return SoftTokens(embeds, ids, weights, entropy, max_prob,
                       g_prime if kind == NOISE_GUMBEL else None)

@@ -322,14 +322,15 @@ def route_step_reference(entropy, max_prob, next_ids, state, *, think_end_id=Non
             continue
         forced = max_think_tokens is not None and int(steps[b]) >= max_think_tokens
         if not forced and cold_stop_entropy is not None:
-            low[b] = low[b] + 1 if float(entropy[b]) < cold_stop_entropy else 0
+            # counters saturate at INT32_MAX (csrc/common/route.h route_inc)
+            low[b] = min(int(low[b]) + 1, 2 ** 31 - 1) if float(entropy[b]) < cold_stop_entropy else 0
             forced = int(low[b]) >= cold_stop_patience
         if forced:
             phase[b], low[b] = 0, 0
             if think_end_id is not None:
                 mode[b], token[b] = 2, think_end_id
             continue
-        steps[b] += 1
+        steps[b] = min(int(steps[b]) + 1, 2 ** 31 - 1)
         hard = router_threshold is not None and float(max_prob[b]) < router_threshold
         mode[b] = 0 if hard else 1
     return RouteStep(mode, token, RouteState(phase, low, steps))

@@ -12,15 +12,16 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import _C  # noqa: F401
-from ._checks import check_tensor
+from . import _C
+from ._checks import (I32_MAX, check_bool, check_float, check_int, check_tensor,
+                      skip_data_checks)
 
 __all__ = ["RouteState", "RouteStep", "route_step", "MODE_HARD", "MODE_SOFT", "MODE_FORCED_END",
            "PHASE_ANSWER", "PHASE_THINKING"]
 
-# Must match csrc/common/route.h.
-MODE_HARD, MODE_SOFT, MODE_FORCED_END = 0, 1, 2
-PHASE_ANSWER, PHASE_THINKING = 0, 1
+# The kernel's codes (csrc/common/route.h, exported by the extension).
+MODE_HARD, MODE_SOFT, MODE_FORCED_END = _C.MODE_HARD, _C.MODE_SOFT, _C.MODE_FORCED_END
+PHASE_ANSWER, PHASE_THINKING = _C.PHASE_ANSWER, _C.PHASE_THINKING
 
 
 class RouteState(NamedTuple):
@@ -34,6 +35,8 @@ class RouteState(NamedTuple):
     @staticmethod
     def start(batch_size: int, device=None, thinking: bool = True) -> "RouteState":
         """The state of rows that start generating (in the thinking phase by default)."""
+        check_int("RouteState.start", "batch_size", batch_size, 0)
+        check_bool("RouteState.start", "thinking", thinking)
         return RouteState(
             torch.full((batch_size,), PHASE_THINKING if thinking else PHASE_ANSWER,
                        dtype=torch.int8, device=device),
@@ -61,7 +64,7 @@ def route_step(entropy: torch.Tensor, max_prob: torch.Tensor, next_ids: torch.Te
                state: RouteState, *, think_end_id: Optional[int] = None,
                cold_stop_entropy: Optional[float] = None, cold_stop_patience: int = 256,
                router_threshold: Optional[float] = None,
-               max_think_tokens: Optional[int] = None) -> RouteStep:
+               max_think_tokens: Optional[int] = None, validate: bool = True) -> RouteStep:
     """Advances each row's thinking state by one step.
 
     For a row that is thinking, in this order:
@@ -82,6 +85,8 @@ def route_step(entropy: torch.Tensor, max_prob: torch.Tensor, next_ids: torch.Te
         cold_stop_patience: consecutive low-entropy steps that trigger Cold Stop (>= 1).
         router_threshold: confidence below which a step is hard, in (0, 1], or None for no router.
         max_think_tokens: thinking budget in tokens (>= 0), or None.
+        validate: check the state's values (phase 0 or 1, counters >= 0): one host sync. Skipped
+            under torch.compile. Counters saturate at 2^31 - 1 instead of overflowing.
     """
     fn = "route_step"
     check_tensor(fn, "entropy", entropy, ndim=1, dtypes=(torch.float32, torch.float64))
@@ -89,6 +94,11 @@ def route_step(entropy: torch.Tensor, max_prob: torch.Tensor, next_ids: torch.Te
     B = entropy.shape[0]
     check_tensor(fn, "max_prob", max_prob, ndim=1, dtypes=(entropy.dtype,), device=dev)
     check_tensor(fn, "next_ids", next_ids, ndim=1, dtypes=(torch.int64,), device=dev)
+    if not isinstance(state, RouteState):
+        if not (isinstance(state, tuple) and len(state) == 3):
+            raise TypeError(f"{fn}: state must be a RouteState (e.g. RouteState.start(B)), got "
+                            f"{type(state).__name__}")
+        state = RouteState(*state)
     for name, t, dt in (("state.phase", state.phase, torch.int8),
                         ("state.low_count", state.low_count, torch.int32),
                         ("state.think_steps", state.think_steps, torch.int32)):
@@ -98,26 +108,29 @@ def route_step(entropy: torch.Tensor, max_prob: torch.Tensor, next_ids: torch.Te
                     ("state.think_steps", state.think_steps)):
         if t.shape[0] != B:
             raise ValueError(f"{fn}: {name} must have shape [B] = [{B}], got {tuple(t.shape)}")
-    if think_end_id is not None and (isinstance(think_end_id, bool) or not isinstance(think_end_id, int)
-                                     or think_end_id < 0):
-        raise ValueError(f"{fn}: think_end_id must be a token id >= 0 or None, got {think_end_id!r}")
-    if cold_stop_entropy is not None and not (isinstance(cold_stop_entropy, (int, float))
-                                              and math.isfinite(cold_stop_entropy)
-                                              and cold_stop_entropy >= 0):
-        raise ValueError(f"{fn}: cold_stop_entropy must be a number >= 0 or None, "
-                         f"got {cold_stop_entropy!r}")
-    if isinstance(cold_stop_patience, bool) or not isinstance(cold_stop_patience, int) \
-            or cold_stop_patience < 1:
-        raise ValueError(f"{fn}: cold_stop_patience must be an int >= 1, got {cold_stop_patience!r}")
-    if router_threshold is not None and not (isinstance(router_threshold, (int, float))
-                                             and 0 < router_threshold <= 1):
-        raise ValueError(f"{fn}: router_threshold must be in (0, 1] or None, "
-                         f"got {router_threshold!r}")
-    if max_think_tokens is not None and (isinstance(max_think_tokens, bool)
-                                         or not isinstance(max_think_tokens, int)
-                                         or max_think_tokens < 0):
-        raise ValueError(f"{fn}: max_think_tokens must be an int >= 0 or None, "
-                         f"got {max_think_tokens!r}")
+    if think_end_id is not None:
+        check_int(fn, "think_end_id (a token id or None)", think_end_id, 0)
+    if cold_stop_entropy is not None:
+        cold_stop_entropy = check_float(fn, "cold_stop_entropy", cold_stop_entropy, lo=0.0,
+                                        hi=math.inf, hi_open=True)
+    check_int(fn, "cold_stop_patience", cold_stop_patience, 1)
+    if router_threshold is not None:
+        router_threshold = check_float(fn, "router_threshold", router_threshold, lo=0.0, hi=1.0,
+                                       lo_open=True)
+    if max_think_tokens is not None:
+        check_int(fn, "max_think_tokens", max_think_tokens, 0)
+    check_bool(fn, "validate", validate)
+    if validate and B > 0 and not skip_data_checks(entropy):
+        bad = ((state.phase != PHASE_ANSWER) & (state.phase != PHASE_THINKING)) | \
+              (state.low_count < 0) | (state.think_steps < 0)
+        rows = bad.nonzero()
+        if rows.numel():
+            b = int(rows[0, 0])
+            raise ValueError(
+                f"{fn}: the state of row {b} is invalid: state.phase = {int(state.phase[b])} "
+                f"(must be 0 or 1), state.low_count = {int(state.low_count[b])}, "
+                f"state.think_steps = {int(state.think_steps[b])} (counters must be in "
+                f"[0, {I32_MAX}])")
     mode, token, phase, low, steps = torch.ops.softkernels.route_step(
         entropy.contiguous(), max_prob.contiguous(), next_ids.contiguous(),
         state.phase.contiguous(), state.low_count.contiguous(), state.think_steps.contiguous(),

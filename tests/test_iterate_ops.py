@@ -59,7 +59,7 @@ def test_select_rows_non_contiguous_scores(device):
     (dict(scores=torch.zeros(2, 2)), ValueError, r"scores must be a 1-D tensor"),
     (dict(scores=torch.zeros(3, dtype=torch.int64)), TypeError, r"scores must have dtype"),
     (dict(scores=[0.1, 0.2]), TypeError, r"scores must be a torch.Tensor"),
-    (dict(threshold=float("nan")), ValueError, r"threshold must not be NaN"),
+    (dict(threshold=float("nan")), ValueError, r"threshold must be in \[-inf, inf\], got nan"),
     (dict(threshold="0.5"), TypeError, r"threshold must be a number, got str '0.5'"),
     (dict(threshold=True), TypeError, r"threshold must be a number"),
 ])
@@ -126,7 +126,7 @@ def test_add_rows_out_of_range_rows(device):
     (dict(src=torch.zeros(2, 4, dtype=torch.float64)), TypeError, r"src must have dtype"),
     (dict(idx=torch.zeros(3, dtype=torch.int32)), TypeError, r"idx must have dtype"),
     (dict(count=torch.zeros(2, dtype=torch.int64)), ValueError, r"count must be an int64 tensor"),
-    (dict(count=-1), ValueError, r"count must be in \[>= 0\]|count must be in >= 0"),
+    (dict(count=-1), ValueError, r"count must be in \[0, 9223372036854775807\], got -1"),
     (dict(count=1.5), TypeError, r"count must be an int"),
     (dict(logits=torch.zeros(4, 3).t()), ValueError, r"logits must have contiguous rows"),
     (dict(logits=torch.zeros(3)), ValueError, r"logits must be a 2-D tensor"),

@@ -75,11 +75,11 @@ def test_router_makes_low_confidence_steps_hard():
 
 
 @pytest.mark.parametrize("kw,match", [
-    (dict(think_end_id=-1), "think_end_id must be a token id"),
-    (dict(cold_stop_entropy=-0.1), "cold_stop_entropy must be a number >= 0"),
-    (dict(cold_stop_patience=0), "cold_stop_patience must be an int >= 1"),
-    (dict(router_threshold=1.5), r"router_threshold must be in \(0, 1\]"),
-    (dict(max_think_tokens=-2), "max_think_tokens must be an int >= 0"),
+    (dict(think_end_id=-1), r"think_end_id \(a token id or None\) must be in \[0, .*got -1"),
+    (dict(cold_stop_entropy=-0.1), r"cold_stop_entropy must be in \[0.0, inf\), got -0.1"),
+    (dict(cold_stop_patience=0), r"cold_stop_patience must be in \[1, .*got 0"),
+    (dict(router_threshold=1.5), r"router_threshold must be in \(0.0, 1.0\], got 1.5"),
+    (dict(max_think_tokens=-2), r"max_think_tokens must be in \[0, .*got -2"),
 ])
 def test_bad_config(kw, match):
     state = sk.RouteState.start(2)

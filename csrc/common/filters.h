@@ -66,14 +66,15 @@ SK_HD bool key_before(const T* key, int a, int b) {
   return key[a] > key[b] || (key[a] == key[b] && a < b);
 }
 
+// Moves idx[root] down a heap of n entries whose top is the entry that comes *last* in
+// key_before order (a parent never comes before its children).
 template <typename T>
-SK_HD void sift_down(const T* key, int* idx, int root, int n) {
-  // Max-heap under "comes later" so that the final array is in "before" order.
+SK_HD void sift_last_to_top(const T* key, int* idx, int root, int n) {
   while (true) {
     int child = 2 * root + 1;
     if (child >= n) return;
-    if (child + 1 < n && key_before(key, idx[child + 1], idx[child])) ++child;
-    if (!key_before(key, idx[child], idx[root])) return;
+    if (child + 1 < n && key_before(key, idx[child], idx[child + 1])) ++child;
+    if (!key_before(key, idx[root], idx[child])) return;
     const int t = idx[root];
     idx[root] = idx[child];
     idx[child] = t;
@@ -83,37 +84,13 @@ SK_HD void sift_down(const T* key, int* idx, int root, int n) {
 
 template <typename T>
 SK_HD void sort_indices_by_key_desc(const T* key, int* idx, int n) {
-  // Build a heap whose top is the element that comes *last*, then move it to the back.
-  // key_before(a, b) defines the final order; the heap uses its reverse.
-  for (int i = n / 2 - 1; i >= 0; --i) {
-    // Inline reverse-order sift: parent must come after its children.
-    int root = i;
-    while (true) {
-      int child = 2 * root + 1;
-      if (child >= n) break;
-      if (child + 1 < n && key_before(key, idx[child], idx[child + 1])) ++child;
-      if (!key_before(key, idx[root], idx[child])) break;
-      const int t = idx[root];
-      idx[root] = idx[child];
-      idx[child] = t;
-      root = child;
-    }
-  }
+  // Build the heap, then repeatedly move its top (the entry that comes last) to the back.
+  for (int i = n / 2 - 1; i >= 0; --i) sift_last_to_top(key, idx, i, n);
   for (int end = n - 1; end > 0; --end) {
     const int t = idx[0];
     idx[0] = idx[end];
     idx[end] = t;
-    int root = 0;
-    while (true) {
-      int child = 2 * root + 1;
-      if (child >= end) break;
-      if (child + 1 < end && key_before(key, idx[child], idx[child + 1])) ++child;
-      if (!key_before(key, idx[root], idx[child])) break;
-      const int t2 = idx[root];
-      idx[root] = idx[child];
-      idx[child] = t2;
-      root = child;
-    }
+    sift_last_to_top(key, idx, 0, end);
   }
 }
 

@@ -162,12 +162,25 @@ SK_HD bool gaussian_sigma_ok(T sigma) {
   return sigma > T(0) && sigma < sk_inf<T>();
 }
 
+// The per-row combination runs in float64 and never forms sigma^2: sigma^2 under- or overflows
+// float32 for sigma outside about [1e-19, 1e19] although the log-density is finite there
+// (q / sigma^2 = (sqrt(q) / sigma)^2, log sigma^2 = 2 log sigma).
 template <typename T>
 SK_HD T gaussian_logprob_value(T q, T sigma, int64_t D) {
   if (!gaussian_sigma_ok(sigma)) return sk_nan<T>();
-  const T two_pi = T(6.283185307179586476925286766559);
-  const T var = sigma * sigma;
-  return -q / (T(2) * var) - T(0.5) * static_cast<T>(D) * sk_log(two_pi * var);
+  const double half_log_two_pi = 0.91893853320467274178032973640562;
+  const double s = static_cast<double>(sigma);
+  const double r = sk_sqrt(static_cast<double>(q)) / s;
+  const double d = static_cast<double>(D);
+  return static_cast<T>(-0.5 * r * r - d * (sk_log(s) + half_log_two_pi));
+}
+
+// The factor of (x - mean) in the gradients, -grad / sigma^2, computed in float64 (as above).
+template <typename T>
+SK_HD T gaussian_grad_factor(T grad, T sigma) {
+  if (!gaussian_sigma_ok(sigma)) return sk_nan<T>();
+  const double s = static_cast<double>(sigma);
+  return static_cast<T>(-(static_cast<double>(grad) / s) / s);
 }
 
 }  // namespace softkernels

@@ -19,7 +19,15 @@ namespace softkernels {
 constexpr int kMaxK = 1024;
 constexpr int kMaxPool = 1024;
 
-// Must match softkernels/ops.py (NOISE_*).
+// Noise constants the kernels can use in float32 without overflow or division by zero: Gumbel's
+// tau at least the smallest normal float32 (1 / tau stays finite), Dirichlet's alpha at least
+// 1e-30 (the Gamma draws of the row's most likely token stay finite: its shape is >= alpha / 1024),
+// and every noise constant at most 1e30.
+constexpr double kMinTau = 1.1754943508222875e-38;
+constexpr double kMinAlpha = 1e-30;
+constexpr double kMaxNoiseParam = 1e30;
+
+// Exported to Python as softkernels._C.NOISE_* (csrc/ops.cpp).
 enum NoiseKind : int { kNoiseNone = 0, kNoiseGumbel = 1, kNoiseDirichlet = 2, kNoiseGaussian = 3 };
 
 // Per-row status bits written by soft_embed; the Python wrapper turns them into ValueErrors when

@@ -29,6 +29,10 @@ struct RouteState {
   int32_t think_steps;
 };
 
+// Counters saturate at INT32_MAX instead of overflowing (a row that thinks for 2^31 steps keeps
+// its count there); the Python wrapper refuses negative counters.
+SK_HD int32_t route_inc(int32_t c) { return c < INT32_MAX ? c + 1 : c; }
+
 // Advances one row by one step. `entropy` and `max_prob` describe this step's next-token
 // distribution; `next_id` is the token the row would emit (its top-1 soft slot).
 template <typename T>
@@ -45,7 +49,7 @@ SK_HD int8_t route_row(RouteState& s, T entropy, T max_prob, int64_t next_id,
   }
   bool forced = cfg.max_think_tokens >= 0 && s.think_steps >= cfg.max_think_tokens;
   if (!forced && cfg.cold_stop_entropy >= 0) {
-    s.low_count = entropy < static_cast<T>(cfg.cold_stop_entropy) ? s.low_count + 1 : 0;
+    s.low_count = entropy < static_cast<T>(cfg.cold_stop_entropy) ? route_inc(s.low_count) : 0;
     forced = s.low_count >= cfg.cold_stop_patience;
   }
   if (forced) {
@@ -57,7 +61,7 @@ SK_HD int8_t route_row(RouteState& s, T entropy, T max_prob, int64_t next_id,
     }
     return kModeHard;  // no think-end token: switch to hard decoding from this step on
   }
-  s.think_steps += 1;
+  s.think_steps = route_inc(s.think_steps);
   if (cfg.router_threshold > 0 && max_prob < static_cast<T>(cfg.router_threshold)) {
     return kModeHard;
   }

@@ -27,8 +27,10 @@ SK_HD RowStats<T> stats_empty() {
 template <typename T>
 SK_HD RowStats<T> stats_rebase(const RowStats<T>& x, T m) {
   if (x.s == T(0)) return RowStats<T>{m, T(0), T(0)};
-  const T delta = x.m - m;  // <= 0
+  const T delta = x.m - m;  // <= 0; -inf when the difference of two finite maxima overflows
   const T f = sk_exp(delta);
+  // A slice whose weight underflows to 0 contributes nothing (and not 0 * -inf = NaN).
+  if (!(f > T(0))) return RowStats<T>{m, T(0), T(0)};
   return RowStats<T>{m, x.s * f, f * (x.a + x.s * delta)};
 }
 
@@ -50,13 +52,13 @@ SK_HD void stats_push(RowStats<T>& st, T z) {
   const T t = z - st.m;
   const T e = sk_exp(t);
   st.s += e;
-  st.a += e * t;
+  if (e > T(0)) st.a += e * t;  // t = -inf (z - m overflowed) carries no mass
 }
 
 template <typename T>
 SK_HD T stats_entropy(const RowStats<T>& st) {
   const T h = sk_log(st.s) - st.a / st.s;
-  return h > T(0) ? h : T(0);  // rounding can leave a tiny negative for one-hot rows
+  return h < T(0) ? T(0) : h;  // rounding can leave a tiny negative for one-hot rows; NaN stays
 }
 
 template <typename T>

@@ -273,17 +273,14 @@ void gumbel_backward_kernel(const at::Tensor& grad, const at::Tensor& logits,
   });
 }
 
-GumbelLpOutputs gumbel_logprob_cpu(const at::Tensor& logits, const at::Tensor& ids_in,
-                                   const at::Tensor& g_prime_in, const LpOptTensor& hard_in,
-                                   double temperature, double scale, double clamp_lo,
-                                   double clamp_hi, double min_weight) {
-  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
-  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
-  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
-  GumbelLpOutputs outs = gumbel_lp_allocate(logits);
+GumbelLpOutputs gumbel_logprob_cpu(SK_GUMBEL_LP_CPP_PARAMS) {
+  GumbelLpCall c = prepare_gumbel_lp_forward(logits, ids_in, g_prime_in, hard_in);
+  const at::Tensor &ids = c.ids, &g_prime = c.g_prime;
+  const GumbelLpShape& sh = c.sh;
+  GumbelLpOutputs& outs = c.outs;
   auto& [logprob, lse, status] = outs;
   if (sh.N == 0) return outs;
-  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  const bool* hard_p = c.hard_p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
                                   "gumbel_logprob", [&] {
     const auto p = gumbel_lp_params<acc_t<scalar_t>>(temperature, scale, clamp_lo, clamp_hi,
@@ -293,21 +290,14 @@ GumbelLpOutputs gumbel_logprob_cpu(const at::Tensor& logits, const at::Tensor& i
   return outs;
 }
 
-std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cpu(
-    const at::Tensor& grad_in, const at::Tensor& logits, const at::Tensor& ids_in,
-    const at::Tensor& g_prime_in, const LpOptTensor& hard_in, const at::Tensor& lse_in,
-    double temperature, double scale, double clamp_lo, double clamp_hi, double min_weight,
-    bool g_prime_grad) {
-  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
-  const at::Tensor grad = grad_in.contiguous(), lse = lse_in.contiguous();
-  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
-  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
-  gumbel_lp_backward_check(grad, logits, lse);
-  at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
-  at::Tensor grad_g = g_prime_grad ? at::empty(g_prime.sizes(), g_prime.options())
-                                   : at::empty({0}, g_prime.options());
+std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cpu(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
+  GumbelLpBackwardCall c = prepare_gumbel_lp_backward(grad_in, logits, ids_in, g_prime_in,
+                                                      hard_in, lse_in, g_prime_grad);
+  const at::Tensor &ids = c.ids, &g_prime = c.g_prime, &grad = c.grad, &lse = c.lse;
+  at::Tensor &grad_logits = c.grad_logits, &grad_g = c.grad_g;
+  const GumbelLpShape& sh = c.sh;
   if (sh.N == 0) return {grad_logits, grad_g};
-  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  const bool* hard_p = c.hard_p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
                                   "gumbel_logprob_backward", [&] {
     const auto p = gumbel_lp_params<acc_t<scalar_t>>(temperature, scale, clamp_lo, clamp_hi,
@@ -346,14 +336,11 @@ acc_t<scalar_t> row_sq_dist(const scalar_t* x, const scalar_t* m, int64_t D) {
   return q;
 }
 
-std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cpu(const at::Tensor& x,
-                                                        const at::Tensor& mean,
-                                                        const LpOptTensor& sigma_in,
-                                                        double sigma) {
-  const LpOptTensor sigma_rows =
-      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
-  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
-  auto outs = gaussian_lp_allocate(x);
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cpu(SK_GAUSSIAN_LP_CPP_PARAMS) {
+  GaussianLpCall c = prepare_gaussian_lp_forward(x, mean, sigma_in);
+  const LpOptTensor& sigma_rows = c.sigma_rows;
+  const GaussianLpShape& sh = c.sh;
+  auto& outs = c.outs;
   auto& [logprob, sqdist] = outs;
   if (sh.N == 0) return outs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
@@ -378,16 +365,13 @@ std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cpu(const at::Tensor& x,
   return outs;
 }
 
-std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cpu(
-    const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& mean,
-    const LpOptTensor& sigma_in, double sigma, bool x_grad, bool mean_grad) {
-  const LpOptTensor sigma_rows =
-      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
-  const at::Tensor grad = grad_in.contiguous();
-  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
-  gaussian_lp_backward_check(grad, x);
-  at::Tensor gx = x_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
-  at::Tensor gm = mean_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cpu(SK_GAUSSIAN_LP_BACKWARD_CPP_PARAMS) {
+  GaussianLpBackwardCall c =
+      prepare_gaussian_lp_backward(grad_in, x, mean, sigma_in, x_grad, mean_grad);
+  const LpOptTensor& sigma_rows = c.sigma_rows;
+  const at::Tensor& grad = c.grad;
+  at::Tensor &gx = c.gx, &gm = c.gm;
+  const GaussianLpShape& sh = c.sh;
   if (sh.N == 0 || (!x_grad && !mean_grad)) return {gx, gm};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
                                   "gaussian_logprob_backward", [&] {
@@ -406,7 +390,7 @@ std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cpu(
         const scalar_t* mr = M + row_offset(sh.mean_rows, n);
         const T s = S ? S[n] : static_cast<T>(sigma);
         // d/dx = c (x - mean), d/dmean = -c (x - mean); NaN for a bad sigma.
-        const T c = gaussian_sigma_ok(s) ? -GR[n] / (s * s) : sk_nan<T>();
+        const T c = gaussian_grad_factor(GR[n], s);
         scalar_t* gxr = GX ? GX + n * D : nullptr;
         scalar_t* gmr = GM ? GM + n * D : nullptr;
         int64_t i = 0;

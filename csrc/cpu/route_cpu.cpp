@@ -9,18 +9,12 @@
 namespace softkernels::cpu {
 namespace {
 
-RouteOutputs route_step_cpu(const at::Tensor& entropy, const at::Tensor& max_prob,
-                            const at::Tensor& next_ids, const at::Tensor& phase,
-                            const at::Tensor& low_count, const at::Tensor& think_steps,
-                            int64_t think_end_id, double cold_stop_entropy,
-                            int64_t cold_stop_patience, double router_threshold,
-                            int64_t max_think_tokens) {
-  check_route_inputs(entropy, max_prob, next_ids, phase, low_count, think_steps);
-  RouteOutputs outs = allocate_route_outputs(phase);
+RouteOutputs route_step_cpu(SK_ROUTE_STEP_CPP_PARAMS) {
+  RouteCall c = prepare_route_step(SK_ROUTE_STEP_CPP_ARGS);
+  RouteOutputs& outs = c.outs;
   auto& [mode, token, phase_out, low_out, steps_out] = outs;
-  const RouteConfig cfg{think_end_id, cold_stop_entropy, cold_stop_patience, router_threshold,
-                        max_think_tokens};
-  const int64_t B = phase.numel();
+  const RouteConfig& cfg = c.cfg;
+  const int64_t B = c.B;
   AT_DISPATCH_FLOATING_TYPES(entropy.scalar_type(), "route_step", [&] {
     const scalar_t* h = entropy.data_ptr<scalar_t>();
     const scalar_t* pm = max_prob.data_ptr<scalar_t>();

@@ -113,7 +113,8 @@ void scan_slice_f32(const scalar_t* x, int64_t begin, int64_t end, float inv_tem
     for (; j < n; ++j) {
       if (j >= i) sel.push(z[j], c0 + j);
       if (z[j] == -sk_inf<float>()) continue;
-      const float t = z[j] - st.m, e = std::exp(t);
+      // Clamped like the vector loop: z - m may overflow to -inf for finite z (e = 0 then).
+      const float t = std::max(z[j] - st.m, -1e4f), e = std::exp(t);
       s_sum += e;
       a_sum += e * t;
     }
@@ -255,25 +256,15 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
   });
 }
 
-SoftEmbedOutputs soft_embed_cpu(const at::Tensor& logits, const at::Tensor& embedding, int64_t k,
-                                double temperature, int64_t top_k, double top_p, double min_p,
-                                int64_t seed, int64_t offset, const OptTensor& temperature_rows,
-                                const OptTensor& top_k_rows, const OptTensor& top_p_rows,
-                                const OptTensor& min_p_rows, const OptTensor& seed_rows,
-                                const OptTensor& offset_rows, const OptTensor& hard,
-                                const OptTensor& hard_ids, int64_t noise_kind, double tau,
-                                double scale, double clamp_lo, double clamp_hi, double alpha,
-                                double sigma, int64_t pool) {
-  const SoftEmbedShape sh = make_shape(logits, embedding, k, pool);
-  const RowParamSource rs =
-      make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
-                      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows);
-  const NoiseParams np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
-  check_hard(hard, hard_ids, logits);
+SoftEmbedOutputs soft_embed_cpu(SK_SOFT_EMBED_CPP_PARAMS) {
+  const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
+  const SoftEmbedShape& sh = c.sh;
+  const RowParamSource& rs = c.rs;
+  const NoiseParams& np = c.np;
   SoftEmbedOutputs outs = allocate_outputs(logits, embedding, k, noise_kind);
   if (sh.B == 0) return outs;
-  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
-  const int64_t* hard_ids_p = hard_ids ? hard_ids->data_ptr<int64_t>() : nullptr;
+  const bool* hard_p = c.hard;
+  const int64_t* hard_ids_p = c.hard_ids;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(), "soft_embed",
                                   [&] {
     using logits_t = scalar_t;
@@ -303,7 +294,8 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
                      bool embedding_grad, at::Tensor& grad_logits, at::Tensor& grad_embedding) {
   using T = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
   const int64_t B = logits.size(0), k = ids.size(1), D = embedding.size(1);
-  const int64_t ls = logits.stride(0), es = embedding.stride(0);
+  const int64_t V = logits.size(1), Ve = embedding.size(0);
+  const int64_t ls = row_stride(logits), es = row_stride(embedding);
   const int64_t gls = grad_logits.stride(0);  // grad_logits is contiguous; logits may not be
   const scalar_t* X = logits.data_ptr<scalar_t>();
   const emb_t* E = embedding.data_ptr<emb_t>();
@@ -324,7 +316,11 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
         const T* w = W + b * k;
         const T* n = N ? N + b * k : nullptr;
         const T inv_temp = rs.row<T>(b).inv_temp;
-        auto in_set = [&](int64_t j) { return n ? n[j] != -sk_inf<T>() : w[j] > T(0); };
+        // A slot is in the set when it carried weight (NaN, from a flagged row, does not) and
+        // names a token of the row.
+        auto in_set = [&](int64_t j) {
+          return (n ? n[j] > -sk_inf<T>() : w[j] > T(0)) && id[j] >= 0 && id[j] < V;
+        };
         T wc = T(0);
         for (int64_t j = 0; j < k; ++j) {
           c[j] = T(0);
@@ -382,8 +378,9 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
       for (int64_t b = 0; b < B; ++b) {
         for (int64_t j = 0; j < k; ++j) {
           const T wj = W[b * k + j];
-          if (!(wj != T(0))) continue;
-          macc_t* dst = A + I[b * k + j] * as;
+          const int64_t v = I[b * k + j];
+          if (!(wj > T(0)) || v < 0 || v >= Ve) continue;
+          macc_t* dst = A + v * as;
           const emb_t* g = GE + b * D;
           for (int64_t d = d0; d < d1; ++d)
             dst[d] += static_cast<macc_t>(wj) * static_cast<macc_t>(g[d]);
@@ -394,41 +391,14 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cpu(
-    const OptTensor& grad_embeds, const OptTensor& grad_weights, const OptTensor& grad_noise,
-    const at::Tensor& logits, const at::Tensor& embedding, const at::Tensor& ids,
-    const at::Tensor& weights, const at::Tensor& noise, const OptTensor& hard, double temperature,
-    const OptTensor& temperature_rows, int64_t noise_kind, double tau, bool logits_grad,
-    bool embedding_grad) {
-  TORCH_CHECK(logits.stride(1) == 1 && embedding.stride(1) == 1, "softkernels: rows must be contiguous");
-  const int64_t B = logits.size(0), k = ids.size(1);
-  TORCH_CHECK(ids.is_contiguous() && ids.size(0) == B, "softkernels: ids must be [B, k]");
-  TORCH_CHECK(weights.is_contiguous() && weights.sizes() == ids.sizes(),
-              "softkernels: weights must be [B, k]");
-  TORCH_CHECK(weights.scalar_type() == stats_dtype(logits), "softkernels: weights dtype");
-  if (noise_kind == kNoiseGumbel) {
-    TORCH_CHECK(noise.is_contiguous() && noise.sizes() == ids.sizes(), "softkernels: noise");
-  }
-  auto contig = [](const OptTensor& t) -> OptTensor {
-    return t ? OptTensor(t->contiguous()) : OptTensor();
-  };
-  const OptTensor ge = contig(grad_embeds), gw = contig(grad_weights), gn = contig(grad_noise);
-  if (ge) {
-    TORCH_CHECK(ge->scalar_type() == embedding.scalar_type() && ge->size(0) == B &&
-                    ge->size(1) == embedding.size(1),
-                "softkernels: grad_embeds must be [B, D] in the embedding's dtype");
-  }
-  if (gw) TORCH_CHECK(gw->sizes() == ids.sizes() && gw->scalar_type() == weights.scalar_type(),
-                      "softkernels: grad_weights");
-  if (gn) TORCH_CHECK(gn->sizes() == ids.sizes() && gn->scalar_type() == weights.scalar_type(),
-                      "softkernels: grad_noise");
-  check_row_tensor(hard, "hard", at::kBool, B, logits);
-  const RowParamSource rs = make_row_source(logits, temperature, 0, 1.0, 0.0, 0, 0,
-                                            temperature_rows, {}, {}, {}, {}, {});
-  at::Tensor grad_logits = at::zeros(logits.sizes(), logits.options());
-  at::Tensor grad_embedding = at::zeros(embedding.sizes(), embedding.options());
+std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cpu(SK_SOFT_EMBED_BACKWARD_CPP_PARAMS) {
+  SoftEmbedBackwardCall c = prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_CPP_ARGS);
+  const int64_t B = c.B, k = c.k;
+  const OptTensor &ge = c.ge, &gw = c.gw, &gn = c.gn;
+  const RowParamSource& rs = c.rs;
+  at::Tensor &grad_logits = c.grad_logits, &grad_embedding = c.grad_embedding;
   if (B == 0 || k == 0) return {grad_logits, grad_embedding};
-  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  const bool* hard_p = c.hard;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
                                   "soft_embed_backward", [&] {
     using logits_t = scalar_t;

@@ -331,19 +331,16 @@ __global__ void __launch_bounds__(kBlock)
 
 int64_t grid_for(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, kMaxGrid)); }
 
-GumbelLpOutputs gumbel_logprob_cuda(const at::Tensor& logits, const at::Tensor& ids_in,
-                                   const at::Tensor& g_prime_in, const LpOptTensor& hard_in,
-                                    double temperature, double scale, double clamp_lo,
-                                    double clamp_hi, double min_weight) {
-  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
-  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
-  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
-  GumbelLpOutputs outs = gumbel_lp_allocate(logits);
+GumbelLpOutputs gumbel_logprob_cuda(SK_GUMBEL_LP_CPP_PARAMS) {
+  GumbelLpCall c = prepare_gumbel_lp_forward(logits, ids_in, g_prime_in, hard_in);
+  const at::Tensor &ids = c.ids, &g_prime = c.g_prime;
+  const GumbelLpShape& sh = c.sh;
+  GumbelLpOutputs& outs = c.outs;
   auto& [logprob, lse, status] = outs;
   if (sh.N == 0) return outs;
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  const bool* hard_p = c.hard_p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
                                   "gumbel_logprob_cuda", [&] {
     using T = acc_t<scalar_t>;
@@ -357,23 +354,16 @@ GumbelLpOutputs gumbel_logprob_cuda(const at::Tensor& logits, const at::Tensor& 
   return outs;
 }
 
-std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cuda(
-    const at::Tensor& grad_in, const at::Tensor& logits, const at::Tensor& ids_in,
-    const at::Tensor& g_prime_in, const LpOptTensor& hard_in, const at::Tensor& lse_in,
-    double temperature, double scale, double clamp_lo, double clamp_hi, double min_weight,
-    bool g_prime_grad) {
-  const at::Tensor ids = ids_in.contiguous(), g_prime = g_prime_in.contiguous();
-  const at::Tensor grad = grad_in.contiguous(), lse = lse_in.contiguous();
-  const LpOptTensor hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
-  const GumbelLpShape sh = gumbel_lp_check(logits, ids, g_prime, hard);
-  gumbel_lp_backward_check(grad, logits, lse);
-  at::Tensor grad_logits = at::empty(logits.sizes(), logits.options());
-  at::Tensor grad_g = g_prime_grad ? at::empty(g_prime.sizes(), g_prime.options())
-                                   : at::empty({0}, g_prime.options());
+std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cuda(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
+  GumbelLpBackwardCall c = prepare_gumbel_lp_backward(grad_in, logits, ids_in, g_prime_in,
+                                                      hard_in, lse_in, g_prime_grad);
+  const at::Tensor &ids = c.ids, &g_prime = c.g_prime, &grad = c.grad, &lse = c.lse;
+  at::Tensor &grad_logits = c.grad_logits, &grad_g = c.grad_g;
+  const GumbelLpShape& sh = c.sh;
   if (sh.N == 0) return {grad_logits, grad_g};
   const c10::cuda::CUDAGuard guard(logits.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool* hard_p = hard ? hard->data_ptr<bool>() : nullptr;
+  const bool* hard_p = c.hard_p;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
                                   "gumbel_logprob_backward_cuda", [&] {
     using T = acc_t<scalar_t>;
@@ -435,7 +425,7 @@ __global__ void __launch_bounds__(kBlock)
     const scalar_t* m = M + row_offset(mi, n);
     const T s = S != nullptr ? S[n] : sigma;
     // d/dx = c (x - mean), d/dmean = -c (x - mean); NaN for a bad sigma.
-    const T c = gaussian_sigma_ok(s) ? -GR[n] / (s * s) : sk_nan<T>();
+    const T c = gaussian_grad_factor(GR[n], s);
     for (int64_t d = lane; d < D; d += 32) {
       const T diff = static_cast<T>(x[d]) - static_cast<T>(m[d]);
       if (GX != nullptr) GX[n * D + d] = static_cast<scalar_t>(c * diff);
@@ -444,14 +434,11 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cuda(const at::Tensor& x,
-                                                         const at::Tensor& mean,
-                                                         const LpOptTensor& sigma_in,
-                                                         double sigma) {
-  const LpOptTensor sigma_rows =
-      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
-  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
-  auto outs = gaussian_lp_allocate(x);
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cuda(SK_GAUSSIAN_LP_CPP_PARAMS) {
+  GaussianLpCall c = prepare_gaussian_lp_forward(x, mean, sigma_in);
+  const LpOptTensor& sigma_rows = c.sigma_rows;
+  const GaussianLpShape& sh = c.sh;
+  auto& outs = c.outs;
   auto& [logprob, sqdist] = outs;
   if (sh.N == 0) return outs;
   const c10::cuda::CUDAGuard guard(x.device());
@@ -469,16 +456,13 @@ std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cuda(const at::Tensor& x,
   return outs;
 }
 
-std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cuda(
-    const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& mean,
-    const LpOptTensor& sigma_in, double sigma, bool x_grad, bool mean_grad) {
-  const LpOptTensor sigma_rows =
-      sigma_in ? LpOptTensor(sigma_in->contiguous()) : LpOptTensor();
-  const at::Tensor grad = grad_in.contiguous();
-  const GaussianLpShape sh = gaussian_lp_check(x, mean, sigma_rows);
-  gaussian_lp_backward_check(grad, x);
-  at::Tensor gx = x_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
-  at::Tensor gm = mean_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cuda(SK_GAUSSIAN_LP_BACKWARD_CPP_PARAMS) {
+  GaussianLpBackwardCall c =
+      prepare_gaussian_lp_backward(grad_in, x, mean, sigma_in, x_grad, mean_grad);
+  const LpOptTensor& sigma_rows = c.sigma_rows;
+  const at::Tensor& grad = c.grad;
+  at::Tensor &gx = c.gx, &gm = c.gm;
+  const GaussianLpShape& sh = c.sh;
   if (sh.N == 0 || (!x_grad && !mean_grad)) return {gx, gm};
   const c10::cuda::CUDAGuard guard(x.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

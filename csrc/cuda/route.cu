@@ -30,21 +30,15 @@ __global__ void route_kernel(const T* entropy, const T* max_prob, const int64_t*
   steps_out[i] = s.think_steps;
 }
 
-RouteOutputs route_step_cuda(const at::Tensor& entropy, const at::Tensor& max_prob,
-                             const at::Tensor& next_ids, const at::Tensor& phase,
-                             const at::Tensor& low_count, const at::Tensor& think_steps,
-                             int64_t think_end_id, double cold_stop_entropy,
-                             int64_t cold_stop_patience, double router_threshold,
-                             int64_t max_think_tokens) {
-  check_route_inputs(entropy, max_prob, next_ids, phase, low_count, think_steps);
+RouteOutputs route_step_cuda(SK_ROUTE_STEP_CPP_PARAMS) {
   TORCH_CHECK(entropy.is_cuda(), "softkernels.route_step: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(entropy.device());
-  RouteOutputs outs = allocate_route_outputs(phase);
+  RouteCall c = prepare_route_step(SK_ROUTE_STEP_CPP_ARGS);
+  RouteOutputs& outs = c.outs;
   auto& [mode, token, phase_out, low_out, steps_out] = outs;
-  const int64_t B = phase.numel();
+  const int64_t B = c.B;
   if (B == 0) return outs;
-  const RouteConfig cfg{think_end_id, cold_stop_entropy, cold_stop_patience, router_threshold,
-                        max_think_tokens};
+  const RouteConfig& cfg = c.cfg;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   constexpr int kT = 256;
   const dim3 grid(static_cast<unsigned>((B + kT - 1) / kT));

@@ -40,22 +40,12 @@ void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw_cuda_error(err, what);
 }
 
-SoftEmbedOutputs soft_embed_cuda(const at::Tensor& logits, const at::Tensor& embedding, int64_t k,
-                                 double temperature, int64_t top_k, double top_p, double min_p,
-                                 int64_t seed, int64_t offset, const OptTensor& temperature_rows,
-                                 const OptTensor& top_k_rows, const OptTensor& top_p_rows,
-                                 const OptTensor& min_p_rows, const OptTensor& seed_rows,
-                                 const OptTensor& offset_rows, const OptTensor& hard,
-                                 const OptTensor& hard_ids, int64_t noise_kind, double tau,
-                                 double scale, double clamp_lo, double clamp_hi, double alpha,
-                                 double sigma, int64_t pool) {
+SoftEmbedOutputs soft_embed_cuda(SK_SOFT_EMBED_CPP_PARAMS) {
   TORCH_CHECK(logits.is_cuda(), "softkernels: logits must be a CUDA tensor");
-  const SoftEmbedShape sh = make_shape(logits, embedding, k, pool);
-  const RowParamSource rs =
-      make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
-                      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows);
-  const NoiseParams np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
-  check_hard(hard, hard_ids, logits);
+  const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
+  const SoftEmbedShape& sh = c.sh;
+  const RowParamSource& rs = c.rs;
+  const NoiseParams& np = c.np;
   const int ltag = dtype_tag(logits.scalar_type(), "logits");
   const int etag = dtype_tag(embedding.scalar_type(), "embedding");
   TORCH_CHECK(sh.V < std::numeric_limits<int32_t>::max(),

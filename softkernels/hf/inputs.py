@@ -14,6 +14,7 @@ from typing import Union
 import torch
 from torch import nn
 
+from .._checks import INT_DTYPES, check_bool, skip_data_checks
 from ..mix import mix_embeddings
 from ..noise import Gaussian
 from .trace import MODE_SOFT, SoftTrace
@@ -95,8 +96,21 @@ def soft_inputs_from_trace(
         raise ValueError(f"{fn}: sequences has shape {tuple(sequences.shape)} but the trace "
                          f"describes {B} rows of prompt_length {P} + {T} steps = {(B, P + T)}; "
                          "pass output.sequences of the same generate call")
-    if not isinstance(include_prompt, bool):
-        raise TypeError(f"{fn}: include_prompt must be a bool, got {include_prompt!r}")
+    check_bool(fn, "include_prompt", include_prompt)
+    check_bool(fn, "validate", validate)
+    if sequences.dtype not in INT_DTYPES:
+        raise TypeError(f"{fn}: sequences must hold integer token ids, got {sequences.dtype}")
+    if not isinstance(trace.seed, torch.Tensor) or tuple(trace.seed.shape) != (B,):
+        raise ValueError(f"{fn}: trace.seed must be the int64 [B] = [{B}] Philox keys the "
+                         f"rollout used, got {trace.seed!r:.80}")
+    Ve = weight.shape[0]
+    if validate and sequences.numel() and not skip_data_checks(sequences):
+        bad = ((sequences < 0) | (sequences >= Ve)).nonzero()
+        if bad.numel():
+            b, t = (int(i) for i in bad[0])
+            raise ValueError(f"{fn}: sequences[{b}, {t}] = {int(sequences[b, t])} is not a row "
+                             f"of the embedding table (V_e = {Ve}); pass the output.sequences "
+                             "and the input embedding of the same model")
     device = weight.device
     if trace.mode.device != device or sequences.device != device:
         raise ValueError(f"{fn}: the trace ({trace.mode.device}), sequences ({sequences.device}) "

@@ -59,21 +59,11 @@ void emulate(const FwdArgs& a, int smem) {
   }
 }
 
-SoftEmbedOutputs soft_embed_emu(const at::Tensor& logits, const at::Tensor& embedding, int64_t k,
-                                double temperature, int64_t top_k, double top_p, double min_p,
-                                int64_t seed, int64_t offset, const OptTensor& temperature_rows,
-                                const OptTensor& top_k_rows, const OptTensor& top_p_rows,
-                                const OptTensor& min_p_rows, const OptTensor& seed_rows,
-                                const OptTensor& offset_rows, const OptTensor& hard,
-                                const OptTensor& hard_ids, int64_t noise_kind, double tau,
-                                double scale, double clamp_lo, double clamp_hi, double alpha,
-                                double sigma, int64_t pool) {
-  const SoftEmbedShape sh = make_shape(logits, embedding, k, pool);
-  const RowParamSource rs =
-      make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset, temperature_rows,
-                      top_k_rows, top_p_rows, min_p_rows, seed_rows, offset_rows);
-  const NoiseParams np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
-  check_hard(hard, hard_ids, logits);
+SoftEmbedOutputs soft_embed_emu(SK_SOFT_EMBED_CPP_PARAMS) {
+  const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
+  const SoftEmbedShape& sh = c.sh;
+  const RowParamSource& rs = c.rs;
+  const NoiseParams& np = c.np;
   const int ltag = dtype_tag(logits.scalar_type());
   const int etag = dtype_tag(embedding.scalar_type());
   SoftEmbedOutputs outs = allocate_outputs(logits, embedding, k, noise_kind);
@@ -114,14 +104,7 @@ std::string counters() {
 }  // namespace softkernels::emu_harness
 
 TORCH_LIBRARY(skemu, m) {
-  m.def(
-      "soft_embed(Tensor logits, Tensor embedding, int k, float temperature, int top_k, "
-      "float top_p, float min_p, int seed, int offset, Tensor? temperature_rows, "
-      "Tensor? top_k_rows, Tensor? top_p_rows, Tensor? min_p_rows, Tensor? seed_rows, "
-      "Tensor? offset_rows, Tensor? hard, Tensor? hard_ids, int noise_kind, float tau, "
-      "float scale, float clamp_lo, float clamp_hi, float alpha, float sigma, int pool) -> "
-      "(Tensor embeds, Tensor ids, Tensor weights, Tensor entropy, Tensor max_prob, "
-      "Tensor noise, Tensor status)");
+  m.def(SK_SOFT_EMBED_SCHEMA("soft_embed"));
   m.def("configure(int seed, bool random_threads, bool random_blocks) -> ()");
   m.def("counters() -> str");
 }
