@@ -143,7 +143,8 @@ def step(scores: torch.Tensor, embedding: torch.Tensor, cfg: StepConfig, state: 
             different steps.
         last_token: int64 [B] the token each row emitted at its previous step, or None at the
             first step (see :func:`end_thinking_on`).
-        validate: soft_embed's data check (NaN / inf logits; reads a status back to the host).
+        validate: soft_embed's data check (NaN / inf logits) and route_step's state check; each
+            reads a status back to the host, so engines pass it on their first step only.
     """
     te = cfg.think_end_id
     if last_token is not None:
@@ -154,7 +155,8 @@ def step(scores: torch.Tensor, embedding: torch.Tensor, cfg: StepConfig, state: 
     rs = route_step(tok.entropy, tok.max_prob, tok.ids[:, 0], state, think_end_id=te,
                     cold_stop_entropy=cfg.cold_stop_entropy,
                     cold_stop_patience=cfg.cold_stop_patience,
-                    router_threshold=cfg.router_threshold, max_think_tokens=cfg.max_think_tokens)
+                    router_threshold=cfg.router_threshold, max_think_tokens=cfg.max_think_tokens,
+                    validate=validate)
     soft = rs.mode == MODE_SOFT
     force = soft if te is None else soft | ((state.phase == PHASE_THINKING) & (rs.token == te))
     return Step(tok, rs.mode, rs.token, force, soft, rs.state)
