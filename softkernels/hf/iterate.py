@@ -1,9 +1,10 @@
 """Think-at-Hard inside a patched ``generate()``: extra iterations for the hard rows only.
 
-For the duration of one ``generate`` call, :class:`_Iterator` puts two hooks on the model module:
+For the duration of one ``generate`` call, :class:`_Iterator` is part of the call's forward wrapper
+(``_CallState.forward`` in hf/patching.py; no hook is registered on the model):
 
-* a forward pre-hook that asks the main forward for its hidden states when a decider needs them;
-* a forward hook that runs after every main forward (prefill and each decoding step), i.e. after
+* ``before`` asks the main forward for its hidden states when a decider needs them;
+* ``after`` runs after every main forward (prefill and each decoding step), i.e. after
   the model produced the step's logits and before Hugging Face's logits processors (and so before
   the soft-thinking processor) see them. It scores the rows, selects the hard ones
   (:func:`softkernels.select_rows`, no host sync), reads their number once (the only host read it
@@ -101,17 +102,18 @@ def _gather_cache(cache, rows: torch.Tensor, all_rows: bool):
 class _Iterator:
     """Per-call state and hooks of selective iteration (one ``generate`` call)."""
 
-    def __init__(self, model: nn.Module, cfg: IterateHard, weight: torch.Tensor,
+    def __init__(self, model: nn.Module, cfg: IterateHard, emb: nn.Module,
                  scale: Optional[torch.Tensor], record: bool):
         self.model = model
         self.cfg = cfg
-        self.weight = weight
+        self.emb = emb
+        self.weight = emb.weight
         self.scale = scale
         self.record = record
         self.rec: List[torch.Tensor] = []       # int8 [B] extra iterations per row and step
         self.inside = False                    # True while an iteration forward runs
         self.main_embeds = None                # the main forward's input embeddings (no cache)
-        self.handles = []
+        self.main_ids = None                   # ... or its input_ids (prefill)
         params = inspect.signature(model.forward).parameters
         if "position_ids" not in params:
             raise ValueError(f"{_FN}: {type(model).__name__}.forward takes no position_ids; the "
@@ -123,54 +125,41 @@ class _Iterator:
             check_adapter_api(model, cfg.adapter)
         self.adapter_set = False
 
-    # ---- installation ---------------------------------------------------------------------
-    def install(self, emb: nn.Module) -> None:
+    # ---- installation (adapter state for the duration of the call) -------------------------
+    def install(self) -> None:
         m = self.model
         if self.cfg.adapter is not None:
             m.set_adapter(self.cfg.adapter)
             self.adapter_set = True
             m.disable_adapters()                # iteration 0 runs the base model
-        self.handles.append(m.register_forward_pre_hook(self.pre_hook, with_kwargs=True))
-        self.handles.append(m.register_forward_hook(self.post_hook, with_kwargs=True))
-        # Keeps the main forward's input embeddings for the no-cache path; registered after the
-        # soft-thinking hook, so it sees the substituted embeddings.
-        self.handles.append(emb.register_forward_hook(self.embedding_hook))
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-        self.main_embeds = None
+        self.main_embeds = self.main_ids = None
         if self.adapter_set:
             self.adapter_set = False
             self.model.enable_adapters()        # the state after load_adapter: enabled, active
 
-    # ---- hooks ----------------------------------------------------------------------------
-    def embedding_hook(self, module, args, output):
-        if not self.inside:
-            self.main_embeds = output
-        return None
-
-    def pre_hook(self, module, args, kwargs):
-        if self.inside:
-            return None
-        self.main_embeds = kwargs.get("inputs_embeds")   # None unless the prompt came as embeds
+    # ---- around every main forward (called by the call's forward wrapper) ------------------
+    def before(self, kwargs):
+        """The main forward's kwargs (hidden states asked for when a decider needs them)."""
+        # The main forward's input embeddings, for the no-cache path: the decoding forwards get
+        # inputs_embeds (soft rows included); the prefill gets input_ids (embedded when needed).
+        self.main_embeds = kwargs.get("inputs_embeds")
+        self.main_ids = kwargs.get("input_ids") if self.main_embeds is None else None
         if self.cfg.decider is not None and not kwargs.get("output_hidden_states"):
             kwargs = dict(kwargs)
             kwargs["output_hidden_states"] = True
-            return args, kwargs
-        return None
+        return kwargs
 
-    def post_hook(self, module, args, kwargs, output):
+    def after(self, kwargs, output) -> None:
         if self.inside:
-            return None
+            return
         self.inside = True
         try:
             self._step(kwargs, output)
         finally:
             self.inside = False
-            self.main_embeds = None
-        return None
+            self.main_embeds = self.main_ids = None
 
     # ---- one decoding step ----------------------------------------------------------------
     def _score(self, hidden, logits: torch.Tensor) -> torch.Tensor:
@@ -271,6 +260,8 @@ class _Iterator:
         key = self.cache_param
         mask, pos, L = inputs
         full = self.main_embeds
+        if full is None and self.main_ids is not None:
+            full = self.emb(self.main_ids)
         if full is None or full.shape[1] != L or key is None:
             raise RuntimeError(f"{_FN}: cannot run the iterations without a cache here (the main "
                                "forward's input embeddings were not seen)")
