@@ -52,6 +52,33 @@ _ATTR = "_softkernels_patch"
 # --------------------------------------------------------------------------------------------
 # Model inspection (done once, in patch).
 
+def _peft_embedding(emb):
+    """For a PEFT wrapper of the input embedding: the nn.Embedding its forward runs now, or a
+    TypeError saying why soft thinking cannot feed it; ``emb`` itself otherwise."""
+    if sys.modules.get("peft") is None:
+        return emb
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper
+    if isinstance(emb, ModulesToSaveWrapper):
+        # modules_to_save=["embed_tokens"]: a full trained copy per adapter; its forward runs the
+        # active adapter's copy, or the original module when adapters are off (PEFT's rule).
+        active = list(emb.active_adapters)
+        if emb.disable_adapters or not active or any(a not in emb.modules_to_save
+                                                      for a in active):
+            return emb.original_module
+        return emb.modules_to_save[active[0]]
+    if isinstance(emb, BaseTunerLayer):
+        raise TypeError(
+            f"softkernels.patch: the input embedding is a PEFT {type(emb).__module__}."
+            f"{type(emb).__name__} layer (an adapter such as LoRA on embed_tokens). Its rows are "
+            "the base rows plus the adapter's low-rank update, a matrix the model never forms; "
+            "soft thinking mixes rows of one embedding matrix in a fused kernel, so it cannot feed "
+            "this layer. Merge the adapter first (peft_model.merge_and_unload()), leave "
+            "embed_tokens out of target_modules, or train it with modules_to_save=['embed_tokens'] "
+            "(supported)")
+    return emb
+
+
 def _input_embedding(model) -> nn.Embedding:
     get = getattr(model, "get_input_embeddings", None)
     if get is None:
@@ -61,6 +88,7 @@ def _input_embedding(model) -> nn.Embedding:
         emb = get()
     except NotImplementedError:
         emb = None
+    emb = _peft_embedding(emb)
     if not isinstance(emb, nn.Embedding):
         raise TypeError(
             f"softkernels.patch: the input embedding of {type(model).__name__} is "
@@ -213,7 +241,9 @@ def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer
 
     Args:
         model: a Hugging Face decoder-only model with ``generate`` whose input embedding is an
-            ``nn.Embedding`` (optionally scaled by ``embed_scale``, as Gemma's).
+            ``nn.Embedding`` (optionally scaled by ``embed_scale``, as Gemma's), or a
+            ``peft.PeftModel`` or ``torch.compile``'d module wrapping one: then the wrapped
+            transformers model is patched (and the wrapper returned); see docs/hf.md.
         config: :class:`softkernels.SoftThinkingConfig`.
         tokenizer: needed only when ``config.think_end`` is a string.
 
@@ -420,7 +450,12 @@ def _call_view(model, state: "_CallState"):
     and then calls the model itself (so the model's own compiled call, hooks and forward run).
     """
     view = object.__new__(type(model))
+    # transformers 4.x keeps a static cache on the model (``_cache``) for the next call: this
+    # call takes it exclusively (a concurrent call then makes its own) and gives it back.
+    cache = model.__dict__.pop("_cache", None)
     d = {k: v for k, v in model.__dict__.items() if k not in _VIEW_DROP}
+    if cache is not None:
+        d["_cache"] = cache
 
     def call(*args, **kwargs):
         return state.forward(model, args, kwargs)
@@ -443,10 +478,15 @@ def _call_view(model, state: "_CallState"):
 
 def _copy_back(view, model) -> None:
     """What generate() records on the model for later calls (so a later call, patched or not,
-    reuses it as after an unpatched call): the static cache length that avoids recompiles."""
+    reuses it as after an unpatched call): the static cache length that avoids recompiles
+    (transformers 5) or the static cache itself (transformers 4, unless another call put one
+    back first)."""
     n = view.__dict__.get("_previous_max_cache_length")
     if isinstance(n, int) and n > model.__dict__.get("_previous_max_cache_length", -1):
         model.__dict__["_previous_max_cache_length"] = n
+    cache = view.__dict__.get("_cache")
+    if cache is not None:
+        model.__dict__.setdefault("_cache", cache)
 
 
 def _logits_processor_list(user):
@@ -477,7 +517,7 @@ def _with_trace(result, trace: SoftTrace):
 
 
 class _CallState:
-    """Per-generate-call state shared by the logits processor and the embedding hook."""
+    """Per-generate-call state shared by the logits processor and the forward wrapper."""
 
     def __init__(self, config: SoftThinkingConfig, think_end_id, emb: nn.Embedding, scale,
                  use_cache: bool, record: bool):
