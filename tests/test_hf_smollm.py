@@ -54,6 +54,11 @@ def test_loader_uses_the_cache(smollm2):
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.tie_word_embeddings
     assert tok.padding_side == "left"
     assert not getattr(model, "is_quantized", False)
+    # The same special tokens whatever transformers version converted the GGUF (4.56's
+    # conversion alone has eos <|im_start|>, no pad token and a BOS on every encoding).
+    assert tok.eos_token == tok.pad_token == "<|im_end|>"
+    assert tok.eos_token_id == model.generation_config.eos_token_id == 2
+    assert tok("What is 2 + 2?").input_ids[0] != tok.bos_token_id
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):

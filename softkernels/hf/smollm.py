@@ -115,4 +115,27 @@ def load_smollm2(*, dtype=None, log: Optional[Callable[[str], None]] = print
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
     model.eval()
+    _align_tokenizer(tokenizer, model.config)
     return model, tokenizer
+
+
+def _align_tokenizer(tokenizer, config) -> None:
+    """Gives the tokenizer the special tokens of the model's config (the GGUF's own metadata:
+    SmolLM2 ends turns and pads with <|im_end|>, and its chat template writes every
+    <|im_start|> itself).
+
+    transformers' GGUF tokenizer conversion differs between versions: 5.x yields exactly that;
+    4.56 yields eos <|im_start|>, no pad token (batched prompts cannot be padded) and a BOS added
+    to every encoding. Aligning here, at load, makes both versions' tokenizers encode and stop
+    alike (and fixes a 4.x copy converted before this existed).
+    """
+    eos = getattr(config, "eos_token_id", None)
+    pad = getattr(config, "pad_token_id", None)
+    if isinstance(eos, int):
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    if tokenizer.pad_token is None:
+        tid = pad if isinstance(pad, int) else eos
+        if isinstance(tid, int):
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(tid)
+    if getattr(tokenizer, "add_bos_token", False):
+        tokenizer.add_bos_token = False
