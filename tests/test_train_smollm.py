@@ -59,7 +59,7 @@ def test_rebuilt_inputs_are_bitwise_the_rollout_inputs(smollm2):
     assert enc.attention_mask[:, 0].min() == 0                      # left padding
     sk.patch(model, sk.SoftThinkingConfig(k=8, noise=sk.Gaussian(0.33), seed=5,
                                           max_think_tokens=5, router=sk.ConfidenceRouter(0.15)))
-    cap = Capture(model.get_input_embeddings())
+    cap = Capture(model)
     torch.manual_seed(0)
     try:
         out = model.generate(**enc, max_new_tokens=9, do_sample=True, temperature=0.7,

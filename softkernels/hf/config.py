@@ -109,9 +109,9 @@ class IterateHard:
             treat rows independently. A TaH decider that outputs the probability to continue
             iterating fits as ``lambda h, l: 1 - p(h, l)`` with threshold ``1 - tah_threshold``.
         adapter: None, or the name of a PEFT adapter (e.g. TaH's LoRA) that is enabled only
-            during the extra iterations. The model must expose ``set_adapter``,
-            ``enable_adapters`` and ``disable_adapters`` (transformers' PEFT integration after
-            ``load_adapter``). Default None.
+            during the extra iterations: an adapter loaded with transformers' PEFT integration
+            (``model.load_adapter``), or the active adapter of a ``peft.PeftModel``
+            (``peft_model.set_adapter(name)``). Default None.
     """
 
     max_iter: int = 2

@@ -1,9 +1,10 @@
 """Think-at-Hard inside a patched ``generate()``: extra iterations for the hard rows only.
 
-For the duration of one ``generate`` call, :class:`_Iterator` puts two hooks on the model module:
+For the duration of one ``generate`` call, :class:`_Iterator` is part of the call's forward wrapper
+(``_CallState.forward`` in hf/patching.py; no hook is registered on the model):
 
-* a forward pre-hook that asks the main forward for its hidden states when a decider needs them;
-* a forward hook that runs after every main forward (prefill and each decoding step), i.e. after
+* ``before`` asks the main forward for its hidden states when a decider needs them;
+* ``after`` runs after every main forward (prefill and each decoding step), i.e. after
   the model produced the step's logits and before Hugging Face's logits processors (and so before
   the soft-thinking processor) see them. It scores the rows, selects the hard ones
   (:func:`softkernels.select_rows`, no host sync), reads their number once (the only host read it
@@ -25,6 +26,8 @@ from __future__ import annotations
 
 import copy
 import inspect
+import sys
+import threading
 from typing import List, Optional
 
 import torch
@@ -33,7 +36,7 @@ from torch import nn
 from .. import iterate as _it
 from .config import IterateHard
 
-__all__ = ["check_adapter_api"]
+__all__ = ["check_adapter_api", "adapter_controller"]
 
 _FN = "softkernels (iterate_hard)"
 
@@ -54,6 +57,105 @@ def check_adapter_api(model, adapter: str) -> None:
     if isinstance(names, dict) and adapter not in names:
         raise ValueError(f"{_FN}: IterateHard.adapter = {adapter!r} is not an adapter of this model "
                          f"(loaded: {sorted(names)})")
+
+
+def _peft_layers(model) -> list:
+    """The PEFT tuner layers and modules_to_save wrappers inside ``model`` (empty without peft)."""
+    peft = sys.modules.get("peft")
+    if peft is None:
+        return []
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import AuxiliaryTrainingWrapper
+    return [m for m in model.modules() if isinstance(m, (BaseTunerLayer, AuxiliaryTrainingWrapper))]
+
+
+class _TransformersAdapters:
+    """Adapter switching through transformers' PEFT integration (``model.load_adapter``)."""
+
+    def __init__(self, model, adapter: str):
+        check_adapter_api(model, adapter)
+        self.model, self.adapter = model, adapter
+
+    def start(self) -> None:
+        self.model.set_adapter(self.adapter)
+        self.model.disable_adapters()           # iteration 0 runs the base model
+
+    def enable(self) -> None:
+        self.model.enable_adapters()
+
+    def disable(self) -> None:
+        self.model.disable_adapters()
+
+    def restore(self) -> None:
+        self.model.enable_adapters()            # the state after load_adapter: enabled, active
+
+
+class _PeftLayerAdapters:
+    """Adapter switching for a model wrapped by ``peft.PeftModel`` (``get_peft_model``,
+    ``PeftModel.from_pretrained``): the patch acts on the base transformers model, whose tuner
+    layers are switched on and off directly (what ``PeftModel.disable_adapter()`` does), and put
+    back in the state they had before the call. The adapter must be the active one
+    (``peft_model.set_adapter(name)``): activating an adapter in PEFT also changes which
+    parameters require gradients, which a generate call should not do behind the user's back."""
+
+    def __init__(self, model, adapter: str, layers: list):
+        names = getattr(model, "peft_config", None)
+        if isinstance(names, dict) and adapter not in names:
+            raise ValueError(f"{_FN}: IterateHard.adapter = {adapter!r} is not an adapter of this "
+                             f"PEFT model (adapters: {sorted(names)})")
+        holders = [m for m in layers if adapter in _adapter_names(m)]
+        if not holders:
+            raise ValueError(f"{_FN}: IterateHard.adapter = {adapter!r}: no PEFT layer of "
+                             f"{type(model).__name__} holds an adapter of that name")
+        inactive = [m for m in holders if adapter not in list(m.active_adapters)]
+        if inactive:
+            raise ValueError(f"{_FN}: IterateHard.adapter = {adapter!r} is not the active adapter "
+                             f"(active: {list(inactive[0].active_adapters)}); call "
+                             f"peft_model.set_adapter({adapter!r}) before generating")
+        self.layers = layers
+        self.was_disabled = None
+
+    def start(self) -> None:
+        self.was_disabled = [bool(m.disable_adapters) for m in self.layers]
+        self.disable()
+
+    def enable(self) -> None:
+        for m in self.layers:
+            m.enable_adapters(True)
+
+    def disable(self) -> None:
+        for m in self.layers:
+            m.enable_adapters(False)
+
+    def restore(self) -> None:
+        if self.was_disabled is not None:
+            for m, off in zip(self.layers, self.was_disabled):
+                m.enable_adapters(not off)
+            self.was_disabled = None
+
+
+def _adapter_names(layer) -> set:
+    names = set()
+    for attr in getattr(layer, "adapter_layer_names", ()):
+        d = getattr(layer, attr, None)
+        if hasattr(d, "keys"):
+            names.update(d.keys())
+    return names
+
+
+def adapter_controller(model, adapter: str):
+    """How to switch the PEFT adapter ``adapter`` of ``model`` on and off: ``start()`` (active,
+    off), ``enable()``, ``disable()``, ``restore()`` (the state expected after the call)."""
+    layers = _peft_layers(model)
+    if layers and getattr(model, "_hf_peft_config_loaded", False) is not True:
+        return _PeftLayerAdapters(model, adapter, layers)
+    return _TransformersAdapters(model, adapter)
+
+
+# Models whose adapter state a generate call is switching: a second concurrent call with an
+# adapter would switch it under the first one.
+_ADAPTER_CALLS = set()
+_ADAPTER_LOCK = threading.Lock()
 
 
 def _supported_cache(cache) -> Optional[str]:
@@ -101,17 +203,18 @@ def _gather_cache(cache, rows: torch.Tensor, all_rows: bool):
 class _Iterator:
     """Per-call state and hooks of selective iteration (one ``generate`` call)."""
 
-    def __init__(self, model: nn.Module, cfg: IterateHard, weight: torch.Tensor,
+    def __init__(self, model: nn.Module, cfg: IterateHard, emb: nn.Module,
                  scale: Optional[torch.Tensor], record: bool):
         self.model = model
         self.cfg = cfg
-        self.weight = weight
+        self.emb = emb
+        self.weight = emb.weight
         self.scale = scale
         self.record = record
         self.rec: List[torch.Tensor] = []       # int8 [B] extra iterations per row and step
         self.inside = False                    # True while an iteration forward runs
         self.main_embeds = None                # the main forward's input embeddings (no cache)
-        self.handles = []
+        self.main_ids = None                   # ... or its input_ids (prefill)
         params = inspect.signature(model.forward).parameters
         if "position_ids" not in params:
             raise ValueError(f"{_FN}: {type(model).__name__}.forward takes no position_ids; the "
@@ -119,58 +222,54 @@ class _Iterator:
         self.logits_to_keep = "logits_to_keep" in params
         self.cache_param = "cache" if "cache" in params else (
             "past_key_values" if "past_key_values" in params else None)
-        if cfg.adapter is not None:
-            check_adapter_api(model, cfg.adapter)
+        self.adapters = adapter_controller(model, cfg.adapter) if cfg.adapter is not None \
+            else None
         self.adapter_set = False
 
-    # ---- installation ---------------------------------------------------------------------
-    def install(self, emb: nn.Module) -> None:
-        m = self.model
-        if self.cfg.adapter is not None:
-            m.set_adapter(self.cfg.adapter)
+    # ---- installation (adapter state for the duration of the call) -------------------------
+    def install(self) -> None:
+        if self.adapters is not None:
+            with _ADAPTER_LOCK:
+                if id(self.model) in _ADAPTER_CALLS:
+                    raise RuntimeError(
+                        f"{_FN}: another generate call with IterateHard.adapter is running on "
+                        "this model; PEFT adapters are switched per model, so two such calls "
+                        "cannot run at once on one model object (use one model per thread)")
+                _ADAPTER_CALLS.add(id(self.model))
             self.adapter_set = True
-            m.disable_adapters()                # iteration 0 runs the base model
-        self.handles.append(m.register_forward_pre_hook(self.pre_hook, with_kwargs=True))
-        self.handles.append(m.register_forward_hook(self.post_hook, with_kwargs=True))
-        # Keeps the main forward's input embeddings for the no-cache path; registered after the
-        # soft-thinking hook, so it sees the substituted embeddings.
-        self.handles.append(emb.register_forward_hook(self.embedding_hook))
+            self.adapters.start()
 
     def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
-        self.handles = []
-        self.main_embeds = None
+        self.main_embeds = self.main_ids = None
         if self.adapter_set:
             self.adapter_set = False
-            self.model.enable_adapters()        # the state after load_adapter: enabled, active
+            try:
+                self.adapters.restore()
+            finally:
+                with _ADAPTER_LOCK:
+                    _ADAPTER_CALLS.discard(id(self.model))
 
-    # ---- hooks ----------------------------------------------------------------------------
-    def embedding_hook(self, module, args, output):
-        if not self.inside:
-            self.main_embeds = output
-        return None
-
-    def pre_hook(self, module, args, kwargs):
-        if self.inside:
-            return None
-        self.main_embeds = kwargs.get("inputs_embeds")   # None unless the prompt came as embeds
+    # ---- around every main forward (called by the call's forward wrapper) ------------------
+    def before(self, kwargs):
+        """The main forward's kwargs (hidden states asked for when a decider needs them)."""
+        # The main forward's input embeddings, for the no-cache path: the decoding forwards get
+        # inputs_embeds (soft rows included); the prefill gets input_ids (embedded when needed).
+        self.main_embeds = kwargs.get("inputs_embeds")
+        self.main_ids = kwargs.get("input_ids") if self.main_embeds is None else None
         if self.cfg.decider is not None and not kwargs.get("output_hidden_states"):
             kwargs = dict(kwargs)
             kwargs["output_hidden_states"] = True
-            return args, kwargs
-        return None
+        return kwargs
 
-    def post_hook(self, module, args, kwargs, output):
+    def after(self, kwargs, output) -> None:
         if self.inside:
-            return None
+            return
         self.inside = True
         try:
             self._step(kwargs, output)
         finally:
             self.inside = False
-            self.main_embeds = None
-        return None
+            self.main_embeds = self.main_ids = None
 
     # ---- one decoding step ----------------------------------------------------------------
     def _score(self, hidden, logits: torch.Tensor) -> torch.Tensor:
@@ -271,6 +370,8 @@ class _Iterator:
         key = self.cache_param
         mask, pos, L = inputs
         full = self.main_embeds
+        if full is None and self.main_ids is not None:
+            full = self.emb(self.main_ids)
         if full is None or full.shape[1] != L or key is None:
             raise RuntimeError(f"{_FN}: cannot run the iterations without a cache here (the main "
                                "forward's input embeddings were not seen)")
@@ -314,10 +415,10 @@ class _Iterator:
 
     def _run(self, **kwargs):
         """The model forward of one iteration, with the adapter (if any) enabled around it."""
-        if self.cfg.adapter is None:
+        if self.adapters is None:
             return self.model(**kwargs)
-        self.model.enable_adapters()
+        self.adapters.enable()
         try:
             return self.model(**kwargs)
         finally:
-            self.model.disable_adapters()
+            self.adapters.disable()

@@ -3,18 +3,27 @@
 Mechanism (docs/hf.md has the reasoning):
 
 * ``patch`` sets one instance attribute, ``model.generate``, to a wrapper (and keeps its state in
-  ``model._softkernels_patch``); ``unpatch`` deletes both. Nothing else on the model changes.
+  ``model._softkernels_patch``); ``unpatch`` deletes both. Nothing else on the model changes, and
+  no hook is ever registered on it or on its modules.
 * Each wrapped call checks the generation mode, creates per-call state, appends one logits
-  processor to the caller's ``logits_processor`` list (custom processors run after Hugging Face's
-  own processors and before its sampling warpers) and registers, for the duration of the call, a
-  forward hook on the input embedding module.
-* The processor runs :func:`softkernels.soft_embed` on the step's scores (all rows at once), then
-  :func:`softkernels.route_step` (the fused per-row Cold Stop / router / budget update), keeps the
-  soft embeddings for the next forward and, for soft rows and forced think-end rows, masks the
-  scores to the one token the row must emit, so that greedy and sampling both pick it.
-* The hook replaces, in the next forward's embedding output, the rows that took a soft step by
-  their soft embedding (scaled like the module scales its rows). Hard rows keep the module's own
-  output, so with k=1 and no noise the patched model reproduces plain greedy decoding bit for bit.
+  processor to a copy of the caller's ``logits_processor`` list (custom processors run after
+  Hugging Face's own processors and before its sampling warpers) and runs Hugging Face's
+  ``generate`` on a *call view* of the model: a second Python object of the model's class that
+  shares the model's ``__dict__`` entries (modules, parameters, buffers, hooks, config), except
+  that calling it (``view(...)``, ``view.__call__``, ``view.get_compiled_call(...)``, which is all
+  ``generate`` uses to run the forward) goes through the call's own forward wrapper. No other
+  caller can see the view: plain forwards of the model, other threads and other generate calls
+  run the model unchanged.
+* The processor runs :func:`softkernels.policy.step` on the step's scores (all rows at once:
+  soft_embed, route_step, the forced token), keeps the soft embeddings for the next forward and
+  masks the scores of forced rows to the one token the row must emit, so that greedy and sampling
+  both pick it.
+* The forward wrapper replaces, in every decoding forward, ``input_ids`` by ``inputs_embeds``:
+  the input embedding module's own output for the ids, with the rows whose last step was soft
+  replaced by their soft embedding (scaled like the module scales its rows). Hard rows keep the
+  module's own output, so with k=1 and no noise the patched model reproduces plain greedy decoding
+  bit for bit. Because the soft rows are an *input* of the forward, a compiled forward (the user's
+  ``torch.compile``, or Hugging Face's own static-cache compiled path) sees them like eager does.
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ from __future__ import annotations
 import copy
 import inspect
 import math
+import sys
 from typing import Any, List, Optional
 
 import torch
@@ -42,6 +52,33 @@ _ATTR = "_softkernels_patch"
 # --------------------------------------------------------------------------------------------
 # Model inspection (done once, in patch).
 
+def _peft_embedding(emb):
+    """For a PEFT wrapper of the input embedding: the nn.Embedding its forward runs now, or a
+    TypeError saying why soft thinking cannot feed it; ``emb`` itself otherwise."""
+    if sys.modules.get("peft") is None:
+        return emb
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils.other import ModulesToSaveWrapper
+    if isinstance(emb, ModulesToSaveWrapper):
+        # modules_to_save=["embed_tokens"]: a full trained copy per adapter; its forward runs the
+        # active adapter's copy, or the original module when adapters are off (PEFT's rule).
+        active = list(emb.active_adapters)
+        if emb.disable_adapters or not active or any(a not in emb.modules_to_save
+                                                      for a in active):
+            return emb.original_module
+        return emb.modules_to_save[active[0]]
+    if isinstance(emb, BaseTunerLayer):
+        raise TypeError(
+            f"softkernels.patch: the input embedding is a PEFT {type(emb).__module__}."
+            f"{type(emb).__name__} layer (an adapter such as LoRA on embed_tokens). Its rows are "
+            "the base rows plus the adapter's low-rank update, a matrix the model never forms; "
+            "soft thinking mixes rows of one embedding matrix in a fused kernel, so it cannot feed "
+            "this layer. Merge the adapter first (peft_model.merge_and_unload()), leave "
+            "embed_tokens out of target_modules, or train it with modules_to_save=['embed_tokens'] "
+            "(supported)")
+    return emb
+
+
 def _input_embedding(model) -> nn.Embedding:
     get = getattr(model, "get_input_embeddings", None)
     if get is None:
@@ -51,6 +88,7 @@ def _input_embedding(model) -> nn.Embedding:
         emb = get()
     except NotImplementedError:
         emb = None
+    emb = _peft_embedding(emb)
     if not isinstance(emb, nn.Embedding):
         raise TypeError(
             f"softkernels.patch: the input embedding of {type(model).__name__} is "
@@ -153,9 +191,39 @@ class _SoftGenerate:
         return _soft_generate(self.__self__, *args, **kwargs)
 
 
+def _target(model):
+    """The module patch() acts on: ``model`` itself, or the module a wrapper delegates
+    ``generate`` to.
+
+    * ``torch.compile(model)`` (an OptimizedModule): its ``generate`` attribute is the wrapped
+      module's (``__getattr__`` forwards it), and that generate runs the wrapped module, exactly
+      as it does unpatched. Patching the wrapped module gives the same behaviour with soft
+      thinking. (To compile the forward *with* soft thinking, use Hugging Face's compiled path,
+      ``cache_implementation="static"`` plus ``compile_config``, or ``model.forward =
+      torch.compile(model.forward)``: see docs/hf.md.)
+    * a PEFT ``PeftModel``: its ``generate`` ends in the base transformers model's ``generate``
+      (through the tuner, e.g. LoraModel); the adapters are layers inside that model. Patching the
+      base model keeps every call form of ``PeftModel.generate`` and survives
+      ``merge_and_unload()`` (which returns that same base model).
+    """
+    seen = set()
+    while id(model) not in seen:
+        seen.add(id(model))
+        orig = getattr(model, "__dict__", {}).get("_modules", {}).get("_orig_mod")
+        if orig is not None and type(model).__name__ == "OptimizedModule":
+            model = orig
+            continue
+        peft = sys.modules.get("peft")
+        if peft is not None and isinstance(model, peft.PeftModel):
+            model = model.get_base_model()
+            continue
+        break
+    return model
+
+
 def is_patched(model) -> bool:
-    """Whether ``softkernels.patch`` is in effect on ``model``."""
-    return isinstance(getattr(model, "__dict__", {}).get(_ATTR), _Patch)
+    """Whether ``softkernels.patch`` is in effect on ``model`` (or the module it wraps)."""
+    return isinstance(getattr(_target(model), "__dict__", {}).get(_ATTR), _Patch)
 
 
 def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer=None):
@@ -173,7 +241,9 @@ def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer
 
     Args:
         model: a Hugging Face decoder-only model with ``generate`` whose input embedding is an
-            ``nn.Embedding`` (optionally scaled by ``embed_scale``, as Gemma's).
+            ``nn.Embedding`` (optionally scaled by ``embed_scale``, as Gemma's), or a
+            ``peft.PeftModel`` or ``torch.compile``'d module wrapping one: then the wrapped
+            transformers model is patched (and the wrapper returned); see docs/hf.md.
         config: :class:`softkernels.SoftThinkingConfig`.
         tokenizer: needed only when ``config.think_end`` is a string.
 
@@ -182,6 +252,7 @@ def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer
             ``nn.Embedding`` lookup.
         ValueError: a config that does not fit the model (think_end not a single token, ...).
     """
+    given, model = model, _target(model)
     if not isinstance(config, SoftThinkingConfig):
         raise TypeError(f"softkernels.patch: config must be a softkernels.SoftThinkingConfig, got "
                         f"{type(config).__name__} {config!r}")
@@ -202,25 +273,26 @@ def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer
         existing.config = config
         existing.tokenizer = tokenizer if tokenizer is not None else existing.tokenizer
         existing.think_end_id = think_end_id
-        return model
+        return given
     had_previous = "generate" in model.__dict__
     p = _Patch(config, tokenizer, think_end_id, had_previous, model.__dict__.get("generate"))
     model.__dict__[_ATTR] = p
     model.__dict__["generate"] = _SoftGenerate(model)
-    return model
+    return given
 
 
 def unpatch(model):
     """Undoes :func:`patch` exactly (a no-op on a model that is not patched); returns the model."""
+    given, model = model, _target(model)
     p = model.__dict__.get(_ATTR)
     if not isinstance(p, _Patch):
-        return model
+        return given
     del model.__dict__[_ATTR]
     if not p.had_previous:
         model.__dict__.pop("generate", None)
     else:
         model.__dict__["generate"] = p.previous
-    return model
+    return given
 
 
 # --------------------------------------------------------------------------------------------
@@ -317,35 +389,104 @@ def _soft_generate(self, *args, soft_thinking=None, **kwargs):
     processors = _logits_processor_list(arguments.get("logits_processor"))
     processors.append(_SoftThinkingProcessor(state))
     arguments["logits_processor"] = processors
-    if hasattr(gc, "disable_compile") and "disable_compile" not in extra:
-        # The embedding hook mutates per-step Python state: keep the forward eager (automatic
-        # compilation only happens with static caches on accelerators).
-        if arguments.get("generation_config") is not None:
-            arguments["generation_config"] = copy.deepcopy(arguments["generation_config"])
-            arguments["generation_config"].disable_compile = True
-        else:
-            extra["disable_compile"] = True
-
     iterator = None
     if config.iterate_hard is not None:
-        # Think-at-Hard: extra iterations for the hard rows after every main forward (hooks on
-        # the model module for the duration of the call; see hf/iterate.py).
-        iterator = _Iterator(self, config.iterate_hard, emb.weight, state.scale, record)
+        # Think-at-Hard: extra iterations for the hard rows after every main forward, run by the
+        # call's forward wrapper (see hf/iterate.py).
+        iterator = _Iterator(self, config.iterate_hard, emb, state.scale, record)
         state.iter_rec = iterator.rec
-    handle = emb.register_forward_hook(state.embedding_hook)
+    state.iterator = iterator
+    generate = _generate_function(self, p)
+    view = _call_view(self, state)
     try:
         if iterator is not None:
-            iterator.install(emb)
-        result = original(**arguments, **extra)
+            iterator.install()
+        result = generate(view, **arguments, **extra)
     finally:
-        handle.remove()
         if iterator is not None:
             iterator.remove()
         state.release()
+        _copy_back(view, self)
     if record and state.steps and hasattr(result, "sequences"):
         trace = state.build_trace(result.sequences, gc.eos_token_id)
         result = _with_trace(result, trace)
     return result
+
+
+def _generate_function(model, p: "_Patch"):
+    """The generate() in place before patching, as a function of the model object it runs on."""
+    if not p.had_previous:
+        return type(model).generate
+    prev = p.previous
+    if getattr(prev, "__self__", None) is model and hasattr(prev, "__func__"):
+        return prev.__func__            # an instance-level bound method: rebound to the view
+    raise TypeError(f"softkernels (patched generate): {type(model).__name__} had an "
+                    f"instance-level generate ({type(prev).__name__}) that is not a method of "
+                    "the model; soft thinking cannot run it on the call's view of the model. "
+                    "Unpatch, remove it, and patch again")
+
+
+# Entries of the model's __dict__ that the call view leaves out (the patch itself) or replaces
+# (the three ways generate() runs the forward).
+_VIEW_DROP = (_ATTR, "generate")
+
+
+def _call_view(model, state: "_CallState"):
+    """A per-call stand-in for ``model`` on which Hugging Face's generate() runs.
+
+    It is an instance of the model's class whose ``__dict__`` is a shallow copy of the model's:
+    the same modules, parameters, buffers, hook dictionaries, config and generation config
+    objects, so it computes exactly what the model computes. Three entries differ, and they are
+    the only ways generate() runs the forward:
+
+    * ``_compiled_call_impl``: ``nn.Module.__call__`` (``view(**inputs)``, the prefill) calls it
+      when set (it is how ``nn.Module.compile`` installs a compiled call);
+    * ``__call__``: generate()'s uncompiled decoding forward is ``self.__call__``;
+    * ``get_compiled_call``: its compiled decoding forward (static cache + compile_config); the
+      view asks the model for its compiled call (compiled and cached on the model, as an
+      unpatched generate() does) and wraps it.
+
+    Each of them calls ``state.forward``, which feeds the pending soft rows as ``inputs_embeds``
+    and then calls the model itself (so the model's own compiled call, hooks and forward run).
+    """
+    view = object.__new__(type(model))
+    # transformers 4.x keeps a static cache on the model (``_cache``) for the next call: this
+    # call takes it exclusively (a concurrent call then makes its own) and gives it back.
+    cache = model.__dict__.pop("_cache", None)
+    d = {k: v for k, v in model.__dict__.items() if k not in _VIEW_DROP}
+    if cache is not None:
+        d["_cache"] = cache
+
+    def call(*args, **kwargs):
+        return state.forward(model, args, kwargs)
+
+    def get_compiled_call(compile_config):
+        compiled = model.get_compiled_call(compile_config)
+        if compiled is getattr(model, "__call__"):
+            return call
+
+        def compiled_call(*args, **kwargs):
+            return state.forward(compiled, args, kwargs)
+        return compiled_call
+
+    d["_compiled_call_impl"] = call
+    d["__call__"] = call
+    d["get_compiled_call"] = get_compiled_call
+    view.__dict__.update(d)
+    return view
+
+
+def _copy_back(view, model) -> None:
+    """What generate() records on the model for later calls (so a later call, patched or not,
+    reuses it as after an unpatched call): the static cache length that avoids recompiles
+    (transformers 5) or the static cache itself (transformers 4, unless another call put one
+    back first)."""
+    n = view.__dict__.get("_previous_max_cache_length")
+    if isinstance(n, int) and n > model.__dict__.get("_previous_max_cache_length", -1):
+        model.__dict__["_previous_max_cache_length"] = n
+    cache = view.__dict__.get("_cache")
+    if cache is not None:
+        model.__dict__.setdefault("_cache", cache)
 
 
 def _logits_processor_list(user):
@@ -376,13 +517,15 @@ def _with_trace(result, trace: SoftTrace):
 
 
 class _CallState:
-    """Per-generate-call state shared by the logits processor and the embedding hook."""
+    """Per-generate-call state shared by the logits processor and the forward wrapper."""
 
     def __init__(self, config: SoftThinkingConfig, think_end_id, emb: nn.Embedding, scale,
                  use_cache: bool, record: bool):
         self.config = config
         self.think_end_id = think_end_id
+        self.emb = emb
         self.weight = emb.weight
+        self.iterator = None
         self.scale = None if scale is None else scale.to(device=emb.weight.device,
                                                          dtype=emb.weight.dtype)
         self.step_config = policy.StepConfig.resolve(config, think_end_id, emb.weight)
@@ -451,29 +594,45 @@ class _CallState:
         self.steps += 1
         return out
 
-    # ---- embedding hook side ----------------------------------------------------------------
+    # ---- forward side ------------------------------------------------------------------------
     def soft_rows(self, embeds: torch.Tensor) -> torch.Tensor:
         return embeds if self.scale is None else embeds * self.scale
 
-    def embedding_hook(self, module, args, output):
-        if self.pending_mask is None:
-            return None   # prefill: nothing generated yet
-        if output.dim() != 3 or output.shape[0] != self.B:
-            raise RuntimeError(f"softkernels: unexpected input embedding call with output shape "
-                               f"{tuple(output.shape)} during soft-thinking generation "
-                               f"(batch {self.B})")
-        L = output.shape[1]
+    def inputs_embeds(self, ids: torch.Tensor) -> torch.Tensor:
+        """[B, L, D]: the input embedding module's output for ``ids`` [B, L], with the generated
+        positions whose step was soft replaced by their soft embedding (times embed_scale)."""
+        out = self.emb(ids)
+        if out.dim() != 3 or out.shape[0] != self.B:
+            raise RuntimeError(f"softkernels: unexpected decoding forward with input_ids of shape "
+                               f"{tuple(ids.shape)} during soft-thinking generation (batch "
+                               f"{self.B})")
+        L = out.shape[1]
         if L == 1:
-            soft = self.soft_rows(self.pending_embeds).unsqueeze(1)
-            return torch.where(self.pending_mask[:, None, None], soft, output)
+            soft = self.soft_rows(self.pending_embeds).unsqueeze(1).to(out.dtype)
+            return torch.where(self.pending_mask[:, None, None], soft, out)
         if not self.history:
             raise RuntimeError("softkernels: the model re-ran several positions during decoding "
                                "although the cache is on; this generation path is not supported")
         G = min(L, len(self.history))
         embeds = torch.stack([e for e, _ in self.history[-G:]], 1)
         mask = torch.stack([m for _, m in self.history[-G:]], 1)
-        out = output.clone()
-        out[:, L - G:] = torch.where(mask.unsqueeze(-1), self.soft_rows(embeds), output[:, L - G:])
+        out = out.clone()
+        out[:, L - G:] = torch.where(mask.unsqueeze(-1), self.soft_rows(embeds).to(out.dtype),
+                                     out[:, L - G:])
+        return out
+
+    def forward(self, fn, args, kwargs):
+        """One forward of the generating call: ``fn`` is the model (or its compiled call)."""
+        if self.pending_mask is not None and kwargs.get("input_ids") is not None:
+            kwargs = dict(kwargs)
+            kwargs["inputs_embeds"] = self.inputs_embeds(kwargs["input_ids"])
+            kwargs["input_ids"] = None
+        it = self.iterator
+        if it is None:
+            return fn(*args, **kwargs)
+        kwargs = it.before(kwargs)
+        out = fn(*args, **kwargs)
+        it.after(kwargs, out)
         return out
 
     def release(self) -> None:

@@ -31,6 +31,7 @@ from .. import policy
 from ..reference import _sort_desc
 from ..routing import RouteState
 from .config import SoftThinkingConfig
+from .iterate import adapter_controller
 
 __all__ = ["ReferenceOutput", "generate_reference"]
 
@@ -67,13 +68,13 @@ def _score(cfg, hidden, logits: torch.Tensor) -> torch.Tensor:
     return s[:, 0] if s.dim() == 2 else s
 
 
-def _forward(model, cfg, adapter_on: bool, **kw):
-    if cfg.adapter is not None and adapter_on:
-        model.enable_adapters()
+def _forward(model, cfg, adapters, adapter_on: bool, **kw):
+    if adapters is not None and adapter_on:
+        adapters.enable()
         try:
             return model(**kw)
         finally:
-            model.disable_adapters()
+            adapters.disable()
     return model(**kw)
 
 
@@ -116,13 +117,15 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
     seq = input_ids.clone()
     iters_all, modes, scores = [], [], []
     adapter = cfg.adapter is not None
+    # The adapter is switched like the patched generate switches it (transformers' integration
+    # or a peft.PeftModel's layers): softkernels.hf.iterate.adapter_controller.
+    adapters = adapter_controller(model, cfg.adapter) if adapter else None
     if adapter:
-        model.set_adapter(cfg.adapter)
-        model.disable_adapters()
+        adapters.start()
     want_hidden = cfg.decider is not None
     try:
         for t in range(max_new_tokens):
-            out = _forward(model, cfg, False, inputs_embeds=X, attention_mask=mask,
+            out = _forward(model, cfg, adapters, False, inputs_embeds=X, attention_mask=mask,
                            position_ids=pos, use_cache=False, output_hidden_states=want_hidden,
                            return_dict=True)
             cum = out.logits[:, -1]
@@ -150,7 +153,7 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
                     pre = model(inputs_embeds=X, attention_mask=mask, position_ids=pos,
                                 use_cache=True, return_dict=True)
                     ck = "cache" if getattr(pre, "cache", None) is not None else "past_key_values"
-                    oi = _forward(model, cfg, True, inputs_embeds=mix.to(X.dtype)[:, None],
+                    oi = _forward(model, cfg, adapters, True, inputs_embeds=mix.to(X.dtype)[:, None],
                                   attention_mask=mi, position_ids=pos[:, -1:],
                                   use_cache=True, output_hidden_states=want_hidden,
                                   return_dict=True, **{ck: getattr(pre, ck)})
@@ -185,5 +188,5 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
                 break
     finally:
         if adapter:
-            model.enable_adapters()
+            adapters.restore()
     return ReferenceOutput(seq, torch.stack(iters_all, 1), scores, torch.stack(modes, 1))

@@ -6,8 +6,10 @@ saves a plain safetensors copy (and the tokenizer) to a cache folder, and later 
 in well under a second. The package is located with ``importlib.util.find_spec`` and never
 imported. Nothing here touches the network (HF_HUB_OFFLINE=1).
 
-Cache folder: ``$SOFTKERNELS_CACHE/smollm2-135m-instruct``, default
-``~/.cache/softkernels/smollm2-135m-instruct``.
+Cache folder: ``$SOFTKERNELS_CACHE/smollm2-135m-instruct-transformers<major>.<minor>``, default
+``~/.cache/softkernels/...``. It is keyed by the transformers version that converted it: two
+versions write checkpoints (and tokenizer files) the other cannot always read, and convert the
+GGUF tokenizer differently (special tokens); each version gets its own copy.
 """
 
 from __future__ import annotations
@@ -26,11 +28,19 @@ _NAME = "smollm2-135m-instruct"
 _READY = "softkernels-ready"     # written last: a folder without it is an interrupted conversion
 
 
+def _transformers_version() -> str:
+    """``major.minor`` of the installed transformers (read from its metadata, not imported)."""
+    from importlib.metadata import version
+    parts = version("transformers").split(".")
+    return ".".join(parts[:2])
+
+
 def cache_dir() -> Path:
-    """Where the converted model lives (``SOFTKERNELS_CACHE`` overrides the parent folder)."""
+    """Where the converted model lives: ``<base>/smollm2-135m-instruct-transformers<major>.<minor>``
+    (``SOFTKERNELS_CACHE`` overrides the base folder, default ``~/.cache/softkernels``)."""
     root = os.environ.get("SOFTKERNELS_CACHE")
     base = Path(root).expanduser() if root else Path.home() / ".cache" / "softkernels"
-    return base / _NAME
+    return base / f"{_NAME}-transformers{_transformers_version()}"
 
 
 def package_dir() -> Path:
@@ -105,4 +115,27 @@ def load_smollm2(*, dtype=None, log: Optional[Callable[[str], None]] = print
     tokenizer.padding_side = "left"
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype or torch.float32)
     model.eval()
+    _align_tokenizer(tokenizer, model.config)
     return model, tokenizer
+
+
+def _align_tokenizer(tokenizer, config) -> None:
+    """Gives the tokenizer the special tokens of the model's config (the GGUF's own metadata:
+    SmolLM2 ends turns and pads with <|im_end|>, and its chat template writes every
+    <|im_start|> itself).
+
+    transformers' GGUF tokenizer conversion differs between versions: 5.x yields exactly that;
+    4.56 yields eos <|im_start|>, no pad token (batched prompts cannot be padded) and a BOS added
+    to every encoding. Aligning here, at load, makes both versions' tokenizers encode and stop
+    alike (and fixes a 4.x copy converted before this existed).
+    """
+    eos = getattr(config, "eos_token_id", None)
+    pad = getattr(config, "pad_token_id", None)
+    if isinstance(eos, int):
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
+    if tokenizer.pad_token is None:
+        tid = pad if isinstance(pad, int) else eos
+        if isinstance(tid, int):
+            tokenizer.pad_token = tokenizer.convert_ids_to_tokens(tid)
+    if getattr(tokenizer, "add_bos_token", False):
+        tokenizer.add_bos_token = False

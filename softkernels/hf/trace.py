@@ -11,6 +11,7 @@ bit, or to recompute the soft token's log-probability under new logits (SofT-GRP
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, fields, replace
 from typing import Dict, Optional
 
@@ -70,6 +71,9 @@ class SoftTrace:
         iterations: int8 [B, T] the number of extra iterations each row ran at each step (0 for
             easy rows, up to ``max_iter - 1``; 0 after the row finished). None without
             iterate_hard.
+
+    Cold Stop (for plots): ``cold_stop_entropy`` the entropy threshold (nats) and
+    ``cold_stop_patience`` the consecutive steps, or None without Cold Stop.
     """
 
     ids: torch.Tensor
@@ -95,6 +99,8 @@ class SoftTrace:
     think_end_id: Optional[int]
     max_think_tokens: Optional[int]
     iterations: Optional[torch.Tensor] = None
+    cold_stop_entropy: Optional[float] = None
+    cold_stop_patience: Optional[int] = None
 
     @property
     def batch_size(self) -> int:
@@ -118,6 +124,91 @@ class SoftTrace:
     def end_reason_text(self, row: int) -> str:
         """Why row ``row`` ended thinking, in words."""
         return END_REASONS[int(self.end_reason[row])]
+
+    def plot(self, row: int = 0, path=None, *, tokenizer=None, title: Optional[str] = None):
+        """A matplotlib figure of row ``row``: what soft thinking did at every step.
+
+        Top: entropy (nats) and max-probability per step, the Cold Stop threshold (when the call
+        had one) and where thinking ended; soft steps shaded. Bottom: the top-k mixture weights
+        as a heat map (slot j of step t = ``weights[row, t, j]``), labelled with the slots'
+        tokens when ``tokenizer`` is given (only the first few slots get labels).
+
+        Args:
+            row: the batch row (0 <= row < B).
+            path: where to save the figure as PNG (str or Path), or None.
+            tokenizer: a Hugging Face tokenizer for the token labels, or None.
+            title: the figure title (default: row and end reason).
+
+        Returns:
+            the ``matplotlib.figure.Figure`` (needs matplotlib; the Agg backend is used when no
+            other backend was chosen, so it works without a display).
+        """
+        if isinstance(row, bool) or not isinstance(row, int) or not 0 <= row < self.batch_size:
+            raise ValueError(f"SoftTrace.plot: row must be an int in [0, {self.batch_size}), got "
+                             f"{row!r}")
+        import matplotlib
+        if "matplotlib.pyplot" not in sys.modules:     # no backend chosen yet: draw off-screen
+            matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        valid = self.valid[row].cpu()
+        T = int(valid.sum()) if valid.any() else 0
+        ent = self.entropy[row, :T].float().cpu()
+        mp = self.max_prob[row, :T].float().cpu()
+        mode = self.mode[row, :T].cpu()
+        w = self.weights[row, :T].float().cpu()           # [T, k]
+        steps = list(range(T))
+        end = int(self.end_step[row])
+
+        fig, (a1, a2) = plt.subplots(2, 1, figsize=(max(6.0, 0.28 * T + 2.5), 6.4), sharex=True,
+                                     gridspec_kw={"height_ratios": [1.3, 1.0]})
+        for t in steps:
+            if int(mode[t]) == MODE_SOFT:
+                a1.axvspan(t - 0.5, t + 0.5, color="tab:blue", alpha=0.07, lw=0)
+        a1.plot(steps, ent.tolist(), "o-", ms=3, color="tab:blue", label="entropy (nats)")
+        a1.set_ylabel("entropy (nats)")
+        a1b = a1.twinx()
+        a1b.plot(steps, mp.tolist(), "s-", ms=3, color="tab:orange", label="max probability")
+        a1b.set_ylim(0, 1.05)
+        a1b.set_ylabel("max probability")
+        if self.cold_stop_entropy is not None:
+            a1.axhline(self.cold_stop_entropy, color="tab:blue", ls="--", lw=1,
+                       label=f"Cold Stop threshold ({self.cold_stop_entropy:g} nats, "
+                             f"{self.cold_stop_patience} steps)")
+        if end >= 0:
+            for ax in (a1, a2):
+                ax.axvline(end - 0.5, color="tab:red", lw=1.5)
+            right = end > 0.6 * T      # the label on the side of the line with room for it
+            a1.text(end - 0.6 if right else end - 0.4, 0.02,
+                    f"thinking ended: {self.end_reason_text(row)}", color="tab:red",
+                    ha="right" if right else "left", transform=a1.get_xaxis_transform(),
+                    va="bottom", fontsize=8)
+        lines = a1.get_legend_handles_labels()
+        lines2 = a1b.get_legend_handles_labels()
+        a1.legend(lines[0] + lines2[0], lines[1] + lines2[1], loc="upper right", fontsize=7)
+        a1.set_title(title or f"row {row}: {T} steps, {int((mode == MODE_SOFT).sum())} soft "
+                     "(shaded)", fontsize=10)
+
+        im = a2.imshow(w.T.numpy(), aspect="auto", origin="upper", cmap="viridis", vmin=0,
+                       vmax=1, extent=(-0.5, T - 0.5, self.k - 0.5, -0.5),
+                       interpolation="nearest")
+        a2.set_ylabel("mixture slot (by weight)")
+        a2.set_xlabel("generated step")
+        a1.set_xlim(-0.5, max(T, 1) - 0.5)
+        # The colour bar in an inset, so that both panels keep the same width (steps line up).
+        fig.colorbar(im, cax=a2.inset_axes([1.01, 0.0, 0.015, 1.0]), label="weight")
+        if tokenizer is not None and T:
+            ids = self.ids[row, :T].cpu()
+            for t in steps:
+                for j in range(min(3, self.k)):
+                    if w[t, j] > 0.05:
+                        piece = tokenizer.decode([int(ids[t, j])]).replace("\n", "\\n")
+                        a2.text(t, j, piece[:6], ha="center", va="center", fontsize=5,
+                                color="white" if w[t, j] < 0.6 else "black", rotation=90)
+        fig.tight_layout()
+        if path is not None:
+            fig.savefig(str(path), dpi=110)
+        return fig
 
     def to(self, device) -> "SoftTrace":
         """A copy with every tensor moved to ``device``."""
@@ -185,4 +276,6 @@ def trace_from_steps(rec: Dict[str, Optional[torch.Tensor]], generated: torch.Te
         offset=torch.arange(T, dtype=torch.int64, device=dev).expand(B, T).contiguous(),
         prompt_length=prompt_length, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
         top_p=cfg.top_p, min_p=cfg.min_p, noise_params=cfg.noise, embed_scale=embed_scale,
-        think_end_id=te, max_think_tokens=cfg.max_think_tokens, iterations=iterations)
+        think_end_id=te, max_think_tokens=cfg.max_think_tokens, iterations=iterations,
+        cold_stop_entropy=cfg.cold_stop_entropy,
+        cold_stop_patience=None if cfg.cold_stop_entropy is None else cfg.cold_stop_patience)
