@@ -303,3 +303,14 @@ def test_soft_inputs_from_trace_bad_inputs_are_named(models):
         sk.soft_inputs_from_trace(dataclasses.replace(tr, seed=None), m, seq)
     # The valid call still works.
     assert sk.soft_inputs_from_trace(tr, m, seq).shape == (*seq.shape, emb.shape[1])
+
+
+def test_patch_and_unpatch_bad_arguments_are_named(models):
+    m = models("llama")
+    with pytest.raises(TypeError, match="unpatch: model must be a torch.nn.Module.*NoneType"):
+        sk.unpatch(None)
+    with pytest.raises(TypeError, match="tokenizer must be None or a Hugging Face tokenizer.*int 5"):
+        sk.patch(m, sk.SoftThinkingConfig(), tokenizer=5)
+    with pytest.raises(ValueError, match="think_end"):
+        sk.patch(m, sk.SoftThinkingConfig(think_end=-3))
+    assert not sk.hf.is_patched(m)

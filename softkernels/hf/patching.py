@@ -266,6 +266,9 @@ def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer
     emb = _input_embedding(model)
     _embed_scale(emb)
     _check_top_k(config, emb.num_embeddings)
+    if tokenizer is not None and not callable(getattr(tokenizer, "encode", None)):
+        raise TypeError(f"softkernels.patch: tokenizer must be None or a Hugging Face tokenizer "
+                        f"(with encode()), got {type(tokenizer).__name__} {tokenizer!r}")
     think_end_id = _resolve_think_end(config.think_end, tokenizer, emb.num_embeddings)
 
     existing = model.__dict__.get(_ATTR)
@@ -283,6 +286,9 @@ def patch(model, config: SoftThinkingConfig = SoftThinkingConfig(), *, tokenizer
 
 def unpatch(model):
     """Undoes :func:`patch` exactly (a no-op on a model that is not patched); returns the model."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"softkernels.unpatch: model must be a torch.nn.Module (the model given to "
+                        f"patch), got {type(model).__name__} {model!r}")
     given, model = model, _target(model)
     p = model.__dict__.get(_ATTR)
     if not isinstance(p, _Patch):
