@@ -1,12 +1,13 @@
-import importlib.util
 import os
 import zlib
 
 import pytest
 import torch
 
+from softkernels.vllm import installed as _vllm_installed
+
 # tests/vllm runs in its own venv (make test-vllm), where vLLM is installed.
-collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
+collect_ignore = [] if _vllm_installed() else ["vllm"]
 
 # Tests draw fresh random inputs every run; the seed is printed so a failure can be replayed with
 # SOFTKERNELS_TEST_SEED=<seed>.

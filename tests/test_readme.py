@@ -5,12 +5,13 @@ Hugging Face ones load the bundled SmolLM2-135M-Instruct themselves. Blocks that
 only where vllm is importable (the vLLM plug-in's own environment).
 """
 
-import importlib.util
 import re
 from pathlib import Path
 
 import pytest
 import torch
+
+from softkernels.vllm import installed
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```", re.S | re.M)
@@ -37,7 +38,7 @@ def test_block_extraction():
 def test_readme_snippets_run_as_written(capsys):
     found = blocks(README.read_text())
     assert len(found) >= 6
-    have_vllm = importlib.util.find_spec("vllm") is not None
+    have_vllm = installed()
     ns = {"__name__": "__readme__"}
     ran = 0
     torch.manual_seed(0)

@@ -25,9 +25,20 @@ from .args import KEY, config_from_args, request_args
 from ._worker import SUPPORTED_VLLM, check_vllm_version, sharded_mixture
 
 __all__ = ["engine_kwargs", "request_args", "pop_traces", "pop_traces_async", "register",
-           "config_from_args", "SUPPORTED_VLLM", "sharded_mixture"]
+           "config_from_args", "installed", "SUPPORTED_VLLM", "sharded_mixture"]
 
 PROCESSOR = "softkernels.vllm._worker:SoftThinkingLogitsProcessor"
+
+
+def installed() -> bool:
+    """Whether vLLM is installed, without importing it.
+
+    A folder named ``vllm`` without ``__init__.py`` on sys.path (this project's tests/vllm, when
+    pytest puts tests/ on the path) is found as a namespace package: that is not vLLM.
+    """
+    import importlib.util
+    spec = importlib.util.find_spec("vllm")
+    return spec is not None and spec.origin is not None
 
 
 def register() -> None:
