@@ -238,6 +238,7 @@ class SoftThinking:
         self.scale = None
         self.tp = 1
         self.vocab = (0, 0)
+        self._zero_table: Optional[torch.Tensor] = None
         self.configs: Dict[Any, policy.StepConfig] = {}
 
     # ---- model facts, once --------------------------------------------------------------------
@@ -438,7 +439,7 @@ class SoftThinking:
         # With tensor parallelism the local table is a shard: soft_embed runs on a zero table of
         # the full vocabulary (ids and weights only; the mixture is sharded_mixture's).
         V, D = scores.shape[1], self.weight.shape[1]
-        if getattr(self, "_zero_table", None) is None or self._zero_table.shape[0] < V:
+        if self._zero_table is None or self._zero_table.shape[0] < V:
             self._zero_table = torch.zeros(V, D, dtype=self.weight.dtype, device=scores.device)
         return self._zero_table
 

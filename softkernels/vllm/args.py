@@ -15,7 +15,7 @@ from typing import Any, Dict, Mapping, Optional, Union
 from ..hf.config import ColdStop, ConfidenceRouter, SoftThinkingConfig
 from ..noise import Dirichlet, Gaussian, Gumbel
 
-__all__ = ["KEY", "ROW", "request_args", "config_from_args", "is_soft", "row_of"]
+__all__ = ["KEY", "ROW", "request_args", "config_from_args", "row_of"]
 
 KEY = "softkernels"        # 1 = soft thinking on for this request, 0 = off
 _P = KEY + "_"             # prefix of every other key
@@ -93,13 +93,6 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
 def row_of(extra_args: Optional[Mapping[str, Any]]) -> int:
     """The request's row index among its SamplingParams.n siblings (0 without siblings)."""
     return _int(extra_args, ROW) if extra_args and ROW in extra_args else 0
-
-
-def is_soft(extra_args: Optional[Mapping[str, Any]], default_on: bool) -> bool:
-    """Whether a request with these extra_args thinks softly (``default_on``: the engine default)."""
-    if not extra_args or KEY not in extra_args:
-        return default_on
-    return bool(_int(extra_args, KEY))
 
 
 def _int(args: Mapping[str, Any], key: str) -> int:
