@@ -1,4 +1,5 @@
-"""Front-end side of the vLLM plug-in: request admission (validation, defaults, cache salt).
+"""Front-end side of the vLLM plug-in: request admission (validation, defaults) and the prefix
+cache's block keys.
 
 ``InputProcessor.process_inputs`` (wrapped by :func:`install`) turns each request's soft-thinking
 settings into their final, explicit form before the request reaches the engine core:
@@ -11,10 +12,14 @@ settings into their final, explicit form before the request reaches the engine c
 * with ``SamplingParams.n > 1``, each child request gets its row index (``ParentRequest``'s
   fan-out, wrapped), so siblings draw different noise, keyed like the rows of a Hugging Face batch.
 
-In the engine core, ``Request.from_engine_core_request`` (wrapped) gives every soft request its
-own ``cache_salt`` (its unique engine request id): vLLM's prefix cache keys blocks by token ids,
-and a soft request's KV after its prompt is computed from soft inputs, so no other request (a
-sibling included) may reuse its blocks, and it may reuse no one else's.
+In the scheduler, vLLM's ``generate_block_hash_extra_keys`` (wrapped) adds the request's own id
+to the key of every block of a soft request that holds a generated position: vLLM's prefix cache
+keys blocks by token ids, and a soft request's KV from its first generated position on is
+computed from soft inputs, so no other request (a sibling included) may reuse those blocks, and
+they may reuse no one else's. Block keys chain (each hash includes its parent's), so one keyed
+block makes every later block of the request private too. Blocks that lie wholly inside the
+prompt keep vLLM's key: their KV depends on the prompt's token ids only, so soft and plain
+requests share prompt prefixes as plain ones do.
 """
 
 from __future__ import annotations
@@ -85,17 +90,29 @@ def _soft(sampling_params) -> bool:
     return bool(extra) and extra.get(_args.KEY) == 1
 
 
+def _keyed_extra_keys(extra_keys_fn):
+    """vLLM's ``generate_block_hash_extra_keys`` plus ("softkernels", request id) for the blocks
+    of a soft request that reach past its prompt."""
+    def generate_block_hash_extra_keys(request, start_token_idx, end_token_idx, start_mm_idx):
+        keys, next_mm_idx = extra_keys_fn(request, start_token_idx, end_token_idx, start_mm_idx)
+        if end_token_idx > request.num_prompt_tokens and _soft(
+                getattr(request, "sampling_params", None)):
+            keys = (keys or ()) + (("softkernels", request.request_id),)
+        return keys, next_mm_idx
+    generate_block_hash_extra_keys.__wrapped__ = extra_keys_fn
+    return generate_block_hash_extra_keys
+
+
 def install() -> None:
-    """Wraps InputProcessor.process_inputs, ParentRequest's fan-out and the engine core's
-    Request.from_engine_core_request (idempotent)."""
+    """Wraps InputProcessor.process_inputs, ParentRequest's fan-out and the scheduler's block
+    keys, vLLM's generate_block_hash_extra_keys (idempotent)."""
+    from vllm.v1.core import block_pool, kv_cache_utils
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.engine.parallel_sampling import ParentRequest
-    from vllm.v1.request import Request
     if getattr(InputProcessor, "_softkernels_installed", False):
         return
     process = InputProcessor.process_inputs
     child_params = ParentRequest._get_child_sampling_params
-    from_core = Request.from_engine_core_request.__func__
 
     def process_inputs(self, *args, **kwargs):
         request = process(self, *args, **kwargs)
@@ -112,17 +129,13 @@ def install() -> None:
         params.extra_args = {**params.extra_args, _args.ROW: index}
         return params
 
-    def from_engine_core_request(cls, request, block_hasher):
-        if _soft(getattr(request, "sampling_params", None)):
-            salt = f"softkernels:{request.request_id}"
-            request.cache_salt = salt if request.cache_salt is None \
-                else f"{request.cache_salt}|{salt}"
-        return from_core(cls, request, block_hasher)
-
-    for fn, orig in ((process_inputs, process), (_get_child_sampling_params, child_params),
-                     (from_engine_core_request, from_core)):
+    for fn, orig in ((process_inputs, process), (_get_child_sampling_params, child_params)):
         fn.__wrapped__ = orig
     InputProcessor.process_inputs = process_inputs
     ParentRequest._get_child_sampling_params = _get_child_sampling_params
-    Request.from_engine_core_request = classmethod(from_engine_core_request)
+    # kv_cache_utils' request block hasher looks the function up in its module at each call;
+    # block_pool imported it by name (its KV-event paths), so both names are replaced.
+    keyed = _keyed_extra_keys(kv_cache_utils.generate_block_hash_extra_keys)
+    kv_cache_utils.generate_block_hash_extra_keys = keyed
+    block_pool.generate_block_hash_extra_keys = keyed
     InputProcessor._softkernels_installed = True

@@ -63,29 +63,62 @@ def test_prefix_cache_never_serves_blocks_computed_from_soft_inputs(llm, smollm_
     fresh = engine(smollm_path, enable_prefix_caching=False)
     want = fresh.generate([TokensPrompt(prompt_token_ids=ids)], _sp(n=16), use_tqdm=False)[0]
     assert list(got.outputs[0].token_ids) == list(want.outputs[0].token_ids)
-    # and a soft request repeated gives the same thought (its own blocks are salted)
+    # and a soft request repeated gives the same thought (its thought's blocks are its own)
     again = llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig(k=8), n=48, ignore_eos=True),
                          use_tqdm=False)[0]
     assert list(again.outputs[0].token_ids) == list(soft.outputs[0].token_ids)
     skv.pop_traces(llm, [soft.request_id, again.request_id])
 
 
-def test_soft_requests_get_their_own_cache_salt(llm):
+def test_blocks_past_the_prompt_of_a_soft_request_are_its_own(llm):
+    """Block keys: shared inside the prompt, private to a soft request from the block holding its
+    first generated position on (chained, so every later block is private too)."""
+    from vllm.utils.hashing import sha256
+    from vllm.v1.core.kv_cache_utils import get_request_block_hasher
     from vllm.v1.engine.input_processor import InputProcessor
     from vllm.v1.request import Request
     ip = llm.llm_engine.input_processor
     assert isinstance(ip, InputProcessor)
     tasks = llm.llm_engine.get_supported_tasks() if hasattr(llm.llm_engine,
                                                            "get_supported_tasks") else ("generate",)
-    reqs = [ip.process_inputs(f"r{i}", {"prompt": "Hello"}, sp, tasks)
-            for i, sp in enumerate([_sp(sk.SoftThinkingConfig()), _sp(sk.SoftThinkingConfig()),
-                                    _sp()])]
-    core = [Request.from_engine_core_request(r, None) for r in reqs]   # as the engine core does
-    assert core[0].cache_salt and core[1].cache_salt and core[0].cache_salt != core[1].cache_salt
-    assert core[2].cache_salt is None
+    bs = 16
+    prompt = list(range(100, 140))                    # 40 tokens: blocks 0, 1 inside, 2 across
+    hasher = get_request_block_hasher(bs, sha256)
+    kinds = {"soft_a": _sp(sk.SoftThinkingConfig()), "soft_b": _sp(sk.SoftThinkingConfig()),
+             "plain_a": _sp(), "plain_b": _sp()}
+    hashes = {}
+    for name, sp in kinds.items():
+        req = ip.process_inputs(name, {"prompt_token_ids": prompt}, sp, tasks)
+        core = Request.from_engine_core_request(req, hasher)     # as the engine core does
+        assert core.cache_salt is None                           # no salt: prompts are shared
+        core.append_output_token_ids(list(range(200, 224)))      # 64 tokens: 4 full blocks
+        hashes[name] = list(core.block_hashes)
+        assert len(hashes[name]) == 4
+    sa, sb, pa, pb = hashes["soft_a"], hashes["soft_b"], hashes["plain_a"], hashes["plain_b"]
+    assert pa == pb                                              # plain vLLM as it is
+    assert sa[:2] == sb[:2] == pa[:2]                            # the prompt's blocks, shared
+    for i in (2, 3):                                             # holding generated positions
+        assert len({sa[i], sb[i], pa[i]}) == 3
     # the request's own copy of the params holds the resolved config (seed drawn, k, ...)
-    cfg = skv.config_from_args(reqs[0].sampling_params.extra_args)
+    core_req = ip.process_inputs("r", {"prompt": "Hello"}, _sp(sk.SoftThinkingConfig()), tasks)
+    cfg = skv.config_from_args(core_req.sampling_params.extra_args)
     assert cfg.seed is not None and cfg.k == 10
+
+
+def test_soft_requests_share_prompt_prefixes(llm):
+    """A soft request repeated hits the prefix cache for its prompt's full blocks (and only
+    those: its thought is computed from soft inputs)."""
+    prompt = " ".join(["The quick brown fox jumps over the lazy dog."] * 8)
+    cfg = sk.SoftThinkingConfig(k=8)
+    first = llm.generate([prompt], _sp(cfg, n=40, ignore_eos=True), use_tqdm=False)[0]
+    again = llm.generate([prompt], _sp(cfg, n=40, ignore_eos=True), use_tqdm=False)[0]
+    skv.pop_traces(llm, [first.request_id, again.request_id])
+    bs = llm.llm_engine.vllm_config.cache_config.block_size
+    P = len(again.prompt_token_ids)
+    assert P >= bs, "the prompt must fill a block for the test to mean anything"
+    assert again.num_cached_tokens == (P // bs) * bs or \
+        (P % bs == 0 and again.num_cached_tokens == P - bs)   # vLLM recomputes a full last block
+    assert list(again.outputs[0].token_ids) == list(first.outputs[0].token_ids)
 
 
 def test_n_children_are_keyed_like_hf_batch_rows(llm, hf):
