@@ -26,7 +26,8 @@ ROW = _P + "row"
 # Every key this module writes or reads (anything else with the prefix is refused).
 _FIELDS = ("k", "temperature", "top_k", "top_p", "min_p", "noise", "noise_tau", "noise_scale",
            "noise_clamp_lo", "noise_clamp_hi", "noise_alpha", "noise_sigma", "noise_relative",
-           "think_end", "cold_stop_entropy", "cold_stop_patience", "router_threshold",
+           "think_end", "cold_stop_entropy", "cold_stop_patience", "cold_stop_answer_abort",
+           "cold_stop_normalized", "router_threshold",
            "max_think_tokens", "seed", "row")
 
 
@@ -81,6 +82,10 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
     if config.cold_stop is not None:
         out[_P + "cold_stop_entropy"] = config.cold_stop.entropy_threshold
         out[_P + "cold_stop_patience"] = config.cold_stop.patience
+        if config.cold_stop.answer_abort:
+            out[_P + "cold_stop_answer_abort"] = 1
+        if config.cold_stop.normalized:
+            out[_P + "cold_stop_normalized"] = 1
     if config.router is not None:
         out[_P + "router_threshold"] = config.router.threshold
     if config.max_think_tokens is not None:
@@ -119,6 +124,17 @@ def _float(args: Mapping[str, Any], key: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"extra_args[{key!r}] must be a number, got {type(v).__name__} {v!r}")
     return float(v)
+
+
+def _flag(args: Mapping[str, Any], name: str) -> bool:
+    """An optional 0/1 key (absent = False)."""
+    key = _P + name
+    if key not in args:
+        return False
+    v = _int(args, key)
+    if v not in (0, 1):
+        raise ValueError(f"extra_args[{key!r}] must be 0 or 1, got {v!r}")
+    return bool(v)
 
 
 def config_from_args(extra_args: Optional[Mapping[str, Any]],
@@ -184,11 +200,14 @@ def config_from_args(extra_args: Optional[Mapping[str, Any]],
         te = args[_P + "think_end"]
         kw["think_end"] = te if isinstance(te, str) and not te.lstrip("-").isdigit() \
             else _int(args, _P + "think_end")
-    if has("cold_stop_entropy") or has("cold_stop_patience"):
+    if any(has(n) for n in ("cold_stop_entropy", "cold_stop_patience", "cold_stop_answer_abort",
+                            "cold_stop_normalized")):
         kw["cold_stop"] = ColdStop(
             entropy_threshold=_float(args, _P + "cold_stop_entropy")
             if has("cold_stop_entropy") else 0.01,
-            patience=_int(args, _P + "cold_stop_patience") if has("cold_stop_patience") else 256)
+            patience=_int(args, _P + "cold_stop_patience") if has("cold_stop_patience") else 256,
+            answer_abort=_flag(args, "cold_stop_answer_abort"),
+            normalized=_flag(args, "cold_stop_normalized"))
     if has("router_threshold"):
         kw["router"] = ConfidenceRouter(_float(args, _P + "router_threshold"))
     if has("max_think_tokens"):
