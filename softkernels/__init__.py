@@ -17,6 +17,7 @@ from .iterate import SelectedRows, add_rows_, iteration_embeds, max_prob, select
 from .soft_tokens import SoftTokens
 from .hf import (ColdStop, ConfidenceRouter, IterateHard, SoftThinkingConfig, SoftTrace, patch,
                  soft_inputs_from_trace, unpatch)
+from . import presets
 
 __version__ = "0.1.0"
 
@@ -24,4 +25,4 @@ __all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", 
            "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
            "ColdStop", "ConfidenceRouter", "SoftTrace", "mix_embeddings", "soft_inputs_from_trace",
            "IterateHard", "select_rows", "SelectedRows", "iteration_embeds", "add_rows_", "max_prob",
-           "__version__"]
+           "presets", "__version__"]
