@@ -224,7 +224,10 @@ def gumbel_logprob(
             (-1.5, 3.0), SofT-GRPO's values (and :class:`Gumbel`'s).
         hard: optional bool [...]: rows that took a discrete token.
         scale: the rollout's ``Gumbel.scale`` (> 0): g' - log p~ is divided by it, so that ghat is
-            the Gumbel variable itself. SofT-GRPO trains with noise_factor 1 (the default).
+            the Gumbel variable itself. Default 1. SofT-GRPO's released scripts set
+            noise_factor 1 (SofT-GRPO-deepscaler-8k.sh:40); their trainer config's default is
+            0.5 (verl-0.4.x/verl/trainer/config/ppo_trainer.yaml:132, zz1358m/SofT-GRPO-master
+            @2b9d8ec): pass the rollout's value.
         min_weight: slots with p~ <= min_weight are left out of the mean, in [0, 1). Default
             exp(-3) ~ 0.0498, SofT-GRPO's mask ``log p~ > -3``.
         validate: raise ValueError naming the first bad row (NaN / +inf logits or g', ids out of

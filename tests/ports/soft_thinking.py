@@ -98,10 +98,10 @@ def run(tokens: Sequence[Sequence[int]], entropies: Sequence[Sequence[float]], *
 
 
 # --------------------------------------------------------------------------------------------
-# The soft-token sampler: ST:srt/layers/sampler.py:119-177 (flashinfer backend, soft rows).
+# The soft-token sampler: ST:srt/layers/sampler.py:120-170 (flashinfer backend, soft rows).
 
 def _flashinfer_top_k(p: torch.Tensor, k: int) -> torch.Tensor:
-    """FlashInfer's top_k_renorm_prob as ST calls it (sampler.py:148): every token whose
+    """FlashInfer's top_k_renorm_prob as ST calls it (sampler.py:149): every token whose
     probability is at least the k-th largest stays (ties at the cut all stay), renormalised."""
     if not 0 < k < p.shape[-1]:
         return p
@@ -111,7 +111,7 @@ def _flashinfer_top_k(p: torch.Tensor, k: int) -> torch.Tensor:
 
 
 def _flashinfer_top_p(p: torch.Tensor, top_p: float) -> torch.Tensor:
-    """FlashInfer's top_p_renorm_prob (sampler.py:149): the pivot is the probability of the first
+    """FlashInfer's top_p_renorm_prob (sampler.py:150): the pivot is the probability of the first
     token (in descending order) at which the running mass reaches top_p; every token at least as
     likely as the pivot stays (ties kept), renormalised."""
     if top_p >= 1.0:
@@ -127,8 +127,8 @@ def _flashinfer_top_p(p: torch.Tensor, top_p: float) -> torch.Tensor:
 def sampler(logits: torch.Tensor, *, temperature: float, top_k: int, top_p: float, min_p: float,
             max_topk: int, dtype=torch.float32):
     """(ids [B, max_topk], weights [B, max_topk]) of ST's soft rows without noise, in ``dtype``:
-    softmax(logits / T) (:120-121), top-k then top-p renorm (:148-149), min-p mask and renorm
-    (:152-157), torch.topk(max_topk) and renorm (:168-169)."""
+    softmax(logits / T) (:120-121), top-k then top-p renorm (:149-150), min-p mask and renorm
+    (:153-158), torch.topk(max_topk) and renorm (:169-170)."""
     p = torch.softmax(logits.to(dtype) / temperature, dim=-1)
     p = _flashinfer_top_k(p, top_k)
     p = _flashinfer_top_p(p, top_p)
