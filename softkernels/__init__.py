@@ -8,8 +8,9 @@ reference the tests compare against.
 import torch  # noqa: F401  (loads libtorch before the extension)
 
 from . import _C  # noqa: F401  (registers torch.ops.softkernels.*)
-from .noise import Dirichlet, Gaussian, Gumbel
-from .logprob import gaussian_logprob, gumbel_logprob
+from .noise import Dirichlet, DirichletGumbel, Gaussian, Gumbel, TopKDirichlet, WeightGaussian
+from .logprob import (gaussian_logprob, gumbel_logprob, topk_dirichlet_logprob,
+                      weight_gaussian_logprob)
 from .mix import mix_embeddings
 from .ops import soft_embed
 from .routing import RouteState, RouteStep, route_step
@@ -22,7 +23,8 @@ from . import presets
 __version__ = "0.1.0"
 
 __all__ = ["soft_embed", "SoftTokens", "route_step", "RouteState", "RouteStep", "Gumbel", "Dirichlet",
-           "Gaussian", "gumbel_logprob", "gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
+           "Gaussian", "TopKDirichlet", "WeightGaussian", "DirichletGumbel", "gumbel_logprob",
+           "gaussian_logprob", "topk_dirichlet_logprob", "weight_gaussian_logprob", "patch", "unpatch", "SoftThinkingConfig",
            "ColdStop", "ConfidenceRouter", "SoftTrace", "mix_embeddings", "soft_inputs_from_trace",
            "IterateHard", "select_rows", "SelectedRows", "iteration_embeds", "add_rows_", "max_prob",
            "presets", "__version__"]

@@ -13,7 +13,7 @@ from typing import Callable, Optional, Union
 
 from .._checks import I64_MAX, I64_MIN, bool_arg, float_arg, int_arg
 from .._checks import MAX_K as _KERNEL_MAX_K
-from ..noise import Dirichlet, Gaussian, Gumbel, Noise
+from ..noise import Noise, noise_kind
 
 __all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "IterateHard", "MAX_K"]
 
@@ -174,9 +174,11 @@ class SoftThinkingConfig:
             a row's 1024 most likely tokens). Default 30.
         top_p: nucleus filter in (0, 1]; 1 switches it off. Default 0.95.
         min_p: drop tokens with p < min_p * max p, in [0, 1); 0 switches it off. Default 0.001.
-        noise: None, :class:`softkernels.Gumbel`, :class:`softkernels.Dirichlet` or
-            :class:`softkernels.Gaussian` (sigma relative to the RMS of the input embedding
-            matrix when ``relative=True``, resolved once per ``generate`` call). Default None.
+        noise: None or any noise :func:`softkernels.soft_embed` accepts
+            (``softkernels.noise.NOISE_CLASSES``: Gumbel, Dirichlet, Gaussian, TopKDirichlet,
+            WeightGaussian, DirichletGumbel); a :class:`softkernels.Gaussian` sigma is relative to
+            the RMS of the input embedding matrix when ``relative=True``, resolved once per
+            ``generate`` call. Default None.
         think_end: the token that ends thinking: a token id (int >= 0), a string that the
             tokenizer maps to exactly one token (e.g. ``"</think>"``; pass ``tokenizer=`` to
             ``patch``, or to ``generate`` along with a per-call ``soft_thinking=`` config), or
@@ -222,10 +224,12 @@ class SoftThinkingConfig:
                                                  lo_open=True, hi_open=False))
         object.__setattr__(self, "min_p", _float(c, "min_p", self.min_p, lo=0.0, hi=1.0,
                                                  lo_open=False, hi_open=True))
-        if self.noise is not None and not isinstance(self.noise, (Gumbel, Dirichlet, Gaussian)):
-            raise TypeError(f"{c}.noise must be None, softkernels.Gumbel(...), "
-                            f"softkernels.Dirichlet(...) or softkernels.Gaussian(...), got "
-                            f"{type(self.noise).__name__} {self.noise!r}")
+        try:
+            noise_kind(self.noise)  # every noise soft_embed accepts
+        except TypeError:
+            raise TypeError(f"{c}.noise must be None or a softkernels noise (Gumbel, Dirichlet, "
+                            f"Gaussian, TopKDirichlet, WeightGaussian, DirichletGumbel), got "
+                            f"{type(self.noise).__name__} {self.noise!r}") from None
         te = self.think_end
         if te is not None:
             if isinstance(te, str):
