@@ -25,9 +25,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-from . import noise as _noise
 from .hf.config import MAX_K, ColdStop, ConfidenceRouter, IterateHard, SoftThinkingConfig
-from .noise import Dirichlet, Gaussian, Gumbel
+from .noise import Dirichlet, Gaussian, Gumbel, TopKDirichlet, WeightGaussian
 
 __all__ = ["soft_thinking", "randomized_soft_thinking", "soft_grpo", "soft_tokens_hard_truths",
            "think_router", "think_at_hard"]
@@ -48,24 +47,6 @@ def _choice(fn: str, name: str, value, allowed):
         raise ValueError(f"softkernels.presets.{fn}: {name} must be one of "
                          f"{', '.join(repr(a) for a in allowed)}, got {value!r}")
     return value
-
-
-def _new_noise(fn: str, cls_name: str, what: str, **kw):
-    """A noise class that the noise layer may not have yet (added with issue 12)."""
-    cls = getattr(_noise, cls_name, None)
-    if cls is None:
-        raise NotImplementedError(f"softkernels.presets.{fn}: needs softkernels.{cls_name} "
-                                  f"({what}), which this build of softkernels does not have")
-    return cls(**kw)
-
-
-def _soft_grpo_gumbel(fn: str, **kw) -> Gumbel:
-    if "gprime" not in {f.name for f in dataclasses.fields(Gumbel)}:
-        raise NotImplementedError(
-            f"softkernels.presets.{fn}: needs softkernels.Gumbel(gprime='soft_grpo') (SofT-GRPO's "
-            "rollout g' = log(w + 1e-6) + scale * clamp(g) on all k slots), which this build of "
-            "softkernels does not have")
-    return Gumbel(gprime="soft_grpo", **kw)
 
 
 def soft_thinking(**overrides) -> SoftThinkingConfig:
@@ -126,8 +107,8 @@ def randomized_soft_thinking(noise: str = "gumbel", **overrides) -> SoftThinking
 
     The answer phase samples with temperature 0.6, top_p 0.95, top_k 30, min_p 0
     (st_with_gumbel.sh:22-25): ``generate(do_sample=True, temperature=0.6, top_p=0.95, top_k=30,
-    max_new_tokens=32768)``. Both noises at once (RST's sampler allows it) is
-    ``noise=softkernels.DirichletGumbel(...)`` as an override, where available.
+    max_new_tokens=32768)``. Both noises at once (RST's sampler allows it: sampler.py:221 then
+    :236) is the override ``noise=softkernels.DirichletGumbel(alpha=4.0, tau=0.5)``.
     """
     fn = "randomized_soft_thinking"
     kind = _choice(fn, "noise", noise, ("gumbel", "dirichlet"))
@@ -171,19 +152,18 @@ def soft_grpo(noise: str = "gumbel", **overrides) -> SoftThinkingConfig:
     The answer phase samples with temperature 1, top_p 0.95 and top_k 5 (8k.sh:32-34) for at
     most 8192 response tokens (8k.sh:9): ``generate(do_sample=True, temperature=1.0, top_p=0.95,
     top_k=5, max_new_tokens=8192)``. Their trainer scores the rollouts with the log-prob of the
-    noise (softkernels.gumbel_logprob and the log-probs of the noise module) on detached input
-    embeddings: docs/training.md and docs/fidelity.md say how to match it.
+    noise (:func:`softkernels.gumbel_logprob`, :func:`softkernels.topk_dirichlet_logprob`,
+    :func:`softkernels.weight_gaussian_logprob`) on detached input embeddings:
+    docs/training.md and docs/fidelity.md say how to match it.
     """
     fn = "soft_grpo"
     kind = _choice(fn, "noise", noise, ("gumbel", "dirichlet", "gaussian"))
     if kind == "gumbel":
-        nz = _soft_grpo_gumbel(fn, tau=0.1, scale=1.0, clamp=(-1.5, 3.0))
+        nz = Gumbel(tau=0.1, scale=1.0, clamp=(-1.5, 3.0), gprime="soft_grpo")
     elif kind == "dirichlet":
-        nz = _new_noise(fn, "TopKDirichlet", "SofT-GRPO's Dirichlet on the top-k weights",
-                        alpha=1.0)
+        nz = TopKDirichlet(alpha=1.0)
     else:
-        nz = _new_noise(fn, "WeightGaussian", "SofT-GRPO's Gaussian on the top-k weights",
-                        sigma=0.05)
+        nz = WeightGaussian(sigma=0.05)
     base = dict(k=5, temperature=1.0, top_p=0.95, top_k=5, min_p=0.0, noise=nz,
                 think_end="</think>", cold_stop=None)
     return _build(fn, base, overrides)

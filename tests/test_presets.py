@@ -11,27 +11,15 @@ from _hf_models import VOCAB, prompts
 
 transformers = pytest.importorskip("transformers")
 
-_HAS_GPRIME = "gprime" in {f.name for f in dataclasses.fields(sk.Gumbel)}
-_HAS = {name: hasattr(sk, name) for name in ("TopKDirichlet", "WeightGaussian")}
-
-
-def _available():
-    out = [("soft_thinking", presets.soft_thinking, {}),
+PRESETS = [("soft_thinking", presets.soft_thinking, {}),
            ("rst_gumbel", presets.randomized_soft_thinking, {"noise": "gumbel"}),
            ("rst_dirichlet", presets.randomized_soft_thinking, {"noise": "dirichlet"}),
+           ("sgrpo_gumbel", presets.soft_grpo, {"noise": "gumbel"}),
+           ("sgrpo_dirichlet", presets.soft_grpo, {"noise": "dirichlet"}),
+           ("sgrpo_gaussian", presets.soft_grpo, {"noise": "gaussian"}),
            ("sthth", presets.soft_tokens_hard_truths, {}),
            ("think_router", presets.think_router, {"threshold": 0.4}),
            ("tah", presets.think_at_hard, {"threshold": 0.5})]
-    if _HAS_GPRIME:
-        out.append(("sgrpo_gumbel", presets.soft_grpo, {"noise": "gumbel"}))
-    if _HAS["TopKDirichlet"]:
-        out.append(("sgrpo_dirichlet", presets.soft_grpo, {"noise": "dirichlet"}))
-    if _HAS["WeightGaussian"]:
-        out.append(("sgrpo_gaussian", presets.soft_grpo, {"noise": "gaussian"}))
-    return out
-
-
-PRESETS = _available()
 
 
 def test_soft_thinking_values():
@@ -53,25 +41,15 @@ def test_randomized_soft_thinking_values(noise):
     assert c.cold_stop == sk.ColdStop(0.1, 32768, answer_abort=True, normalized=True)
 
 
-def test_soft_grpo_values_or_what_is_missing():
-    if _HAS_GPRIME:
-        c = presets.soft_grpo()
-        assert (c.k, c.temperature, c.top_p, c.top_k, c.min_p) == (5, 1.0, 0.95, 5, 0.0)
-        assert (c.noise.tau, c.noise.scale, c.noise.clamp, c.noise.gprime) == \
-            (0.1, 1.0, (-1.5, 3.0), "soft_grpo")
-        assert c.cold_stop is None and c.think_end == "</think>"
-    else:
-        with pytest.raises(NotImplementedError, match="gprime='soft_grpo'"):
-            presets.soft_grpo()
-    for noise, cls, param in (("dirichlet", "TopKDirichlet", ("alpha", 1.0)),
-                              ("gaussian", "WeightGaussian", ("sigma", 0.05))):
-        if _HAS[cls]:
-            c = presets.soft_grpo(noise)
-            assert type(c.noise).__name__ == cls and getattr(c.noise, param[0]) == param[1]
-            assert c.k == 5 and c.top_k == 5
-        else:
-            with pytest.raises(NotImplementedError, match=cls):
-                presets.soft_grpo(noise)
+def test_soft_grpo_values():
+    c = presets.soft_grpo()
+    assert (c.k, c.temperature, c.top_p, c.top_k, c.min_p) == (5, 1.0, 0.95, 5, 0.0)
+    assert c.noise == sk.Gumbel(tau=0.1, scale=1.0, clamp=(-1.5, 3.0), gprime="soft_grpo")
+    assert c.cold_stop is None and c.think_end == "</think>"
+    for noise, want in (("dirichlet", sk.TopKDirichlet(alpha=1.0)),
+                        ("gaussian", sk.WeightGaussian(sigma=0.05))):
+        c = presets.soft_grpo(noise)
+        assert c.noise == want and (c.k, c.top_k, c.temperature) == (5, 5, 1.0)
 
 
 def test_soft_tokens_hard_truths_values():
