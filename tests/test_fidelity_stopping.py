@@ -191,3 +191,15 @@ def test_hf_generate_without_abort_is_unchanged(models):
     # Identical up to the abort step, then EOS and padding.
     assert torch.equal(a[:, :P + 8], b[:, :P + 8]) and (b[:, P + 8] == 2).all()
     assert a.shape[1] == P + 20
+
+
+def test_vllm_request_args_carry_the_options():
+    from softkernels.vllm.args import config_from_args, request_args
+    for cs in (sk.ColdStop(0.2, 7, answer_abort=True), sk.ColdStop(0.05, 3, normalized=True),
+               sk.ColdStop(answer_abort=True, normalized=True)):
+        c = sk.SoftThinkingConfig(think_end=5, cold_stop=cs)
+        a = request_args(c)
+        assert config_from_args(a) == c
+        assert config_from_args({k: str(v) for k, v in a.items()}) == c   # HTTP xargs as text
+    with pytest.raises(ValueError, match="softkernels_cold_stop_answer_abort"):
+        config_from_args({"softkernels": 1, "softkernels_cold_stop_answer_abort": 2})

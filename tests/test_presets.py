@@ -124,3 +124,11 @@ def test_every_preset_generates(models, name, fn, kw):
         assert (tr.mode == 0).all()
     else:
         assert (tr.mode[:, 0] == 1).all()
+
+
+@pytest.mark.parametrize("name,fn,kw", [p for p in PRESETS if p[0] != "tah"],
+                         ids=[p[0] for p in PRESETS if p[0] != "tah"])
+def test_presets_travel_to_vllm(name, fn, kw):
+    from softkernels.vllm.args import config_from_args, request_args
+    c = fn(**kw)
+    assert config_from_args(request_args(c)) == c
