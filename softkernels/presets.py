@@ -121,7 +121,7 @@ def randomized_soft_thinking(noise: str = "gumbel", **overrides) -> SoftThinking
 
 
 def soft_grpo(noise: str = "gumbel", **overrides) -> SoftThinkingConfig:
-    """SofT-GRPO (Zhong et al., 2025) rollouts, as in SGRPO's ``SofT-GRPO-deepscaler-8k.sh``
+    """SofT-GRPO rollouts, as in SGRPO's ``SofT-GRPO-deepscaler-8k.sh``
     (``-dir.sh`` and ``-gau.sh`` for the other noises).
 
     Args:
@@ -172,10 +172,11 @@ def soft_grpo(noise: str = "gumbel", **overrides) -> SoftThinkingConfig:
 def soft_tokens_hard_truths(**overrides) -> SoftThinkingConfig:
     """Soft Tokens, Hard Truths (Butt et al., 2025, arXiv:2509.19170): "soft tokens".
 
-    No released code was found; the values are the paper's (section 3): the mixture is over the
-    whole next-token distribution at CoT temperature 0.5, with Gaussian noise on the mixed input
-    embedding, sigma = 0.33 x RMS of the embedding matrix. "Fuzzy tokens" are the same with
-    temperature -> 0 (override ``temperature=1e-4``).
+    No released code was found; the values follow the paper: the mixture is over the whole
+    next-token distribution at CoT temperature 0.5 ("fuzzy tokens": temperature 1e-4, override
+    ``temperature=1e-4``), with Gaussian noise on the mixed input embedding. Its scale, 0.33 x
+    the RMS of the embedding matrix, is the value :class:`softkernels.Gaussian` documents for this
+    paper (its default); it was not re-checked against the paper's text for this preset.
 
     =====================  ================================================================
     k = 1024 (MAX_K)       the whole distribution; softkernels caps k at 1024 (the largest
@@ -206,14 +207,15 @@ def think_router(threshold: float, **overrides) -> SoftThinkingConfig:
     Args:
         threshold: confidence threshold in (0, 1] (``ConfidenceRouter.threshold``).
     """
-    base = {f: getattr(soft_thinking(), f) for f in _FIELDS}
+    st = soft_thinking()
+    base = {f: getattr(st, f) for f in _FIELDS}
     base["router"] = ConfidenceRouter(threshold)
     return _build("think_router", base, overrides)
 
 
 def think_at_hard(threshold: Optional[float] = None, *, decider: Optional[Callable] = None,
                   adapter: Optional[str] = None, **overrides) -> SoftThinkingConfig:
-    """Think-at-Hard (Fu et al., 2025): hard decoding with one extra latent iteration for the
+    """Think-at-Hard (TaH): hard decoding with one extra latent iteration for the
     tokens a decider judges hard, as in TaH's ``script/recipes/qwen3_1.7/eval_tah.yaml``.
 
     Args:
