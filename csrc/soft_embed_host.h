@@ -123,19 +123,20 @@ inline RowParamSource make_row_source(const at::Tensor& logits, double temperatu
 // finite there, and tau / alpha must not round to 0 (softkernels/noise.py documents the ranges).
 inline NoiseParams make_noise(int64_t kind, double tau, double scale, double clamp_lo,
                               double clamp_hi, double alpha, double sigma) {
-  TORCH_CHECK(kind >= kNoiseNone && kind <= kNoiseGaussian, "softkernels: bad noise kind ",
+  TORCH_CHECK(kind >= kNoiseNone && kind <= kNoiseLast, "softkernels: bad noise kind ",
               kind);
-  if (kind == kNoiseGumbel) {
+  if (noise_uses_gumbel(static_cast<int>(kind))) {
     TORCH_CHECK(tau >= kMinTau && tau <= kMaxNoiseParam, "softkernels: Gumbel tau = ", tau,
                 " out of range [", kMinTau, ", ", kMaxNoiseParam, "]");
     TORCH_CHECK(scale >= 0 && scale <= kMaxNoiseParam, "softkernels: Gumbel scale = ", scale,
                 " out of range [0, ", kMaxNoiseParam, "]");
     TORCH_CHECK(clamp_lo < clamp_hi, "softkernels: Gumbel clamp needs lo < hi, got (",
                 clamp_lo, ", ", clamp_hi, ")");
-  } else if (kind == kNoiseDirichlet) {
+  }
+  if (kind == kNoiseDirichlet || kind == kNoiseDirichletGumbel || kind == kNoiseTopKDirichlet) {
     TORCH_CHECK(alpha >= kMinAlpha && alpha <= kMaxNoiseParam, "softkernels: Dirichlet alpha = ",
                 alpha, " out of range [", kMinAlpha, ", ", kMaxNoiseParam, "]");
-  } else if (kind == kNoiseGaussian) {
+  } else if (kind == kNoiseGaussian || kind == kNoiseWeightGaussian) {
     TORCH_CHECK(sigma >= 0 && sigma <= kMaxNoiseParam, "softkernels: Gaussian sigma = ", sigma,
                 " out of range [0, ", kMaxNoiseParam, "]");
   }
@@ -182,7 +183,7 @@ inline SoftEmbedCall prepare_soft_embed(SK_SOFT_EMBED_CPP_PARAMS) {
     TORCH_CHECK(ok, "softkernels: scalar parameters out of range or needing a candidate pool "
                 "larger than pool = ", pool, ": temperature = ", temperature, ", top_k = ", top_k,
                 ", top_p = ", top_p, ", min_p = ", min_p, " (needed pool ",
-                row_pool_size(c.sh.V, k, top_k, c.np.kind == kNoiseDirichlet), ")");
+                row_pool_size(c.sh.V, k, top_k, noise_redraws_support(c.np.kind)), ")");
   }
   return c;
 }
@@ -220,7 +221,7 @@ inline SoftEmbedBackwardCall prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_
   TORCH_CHECK(weights.is_contiguous() && weights.sizes() == ids.sizes() &&
                   weights.scalar_type() == stats_dtype(logits) && weights.device() == dev,
               "softkernels: weights must be a contiguous [B, k] tensor in the logits' stats dtype");
-  TORCH_CHECK(noise_kind >= kNoiseNone && noise_kind <= kNoiseGaussian,
+  TORCH_CHECK(noise_kind >= kNoiseNone && noise_kind <= kNoiseLast,
               "softkernels: bad noise kind ", noise_kind);
   if (noise_kind == kNoiseGumbel) {
     TORCH_CHECK(noise.is_contiguous() && noise.sizes() == ids.sizes() &&
@@ -271,7 +272,8 @@ inline SoftEmbedOutputs allocate_outputs(const at::Tensor& logits, const at::Ten
       at::empty({B, k}, fopt),
       at::empty({B}, fopt),
       at::empty({B}, fopt),
-      noise_kind == kNoiseGumbel ? at::empty({B, k}, fopt) : at::empty({0}, fopt),
+      noise_has_slots(static_cast<int>(noise_kind)) ? at::empty({B, k}, fopt)
+                                                    : at::empty({0}, fopt),
       at::empty({B}, logits.options().dtype(at::kInt)),
   };
 }

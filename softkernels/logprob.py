@@ -19,7 +19,8 @@ from .ops import refuse_double_backward
 from ._checks import (FLOAT_DTYPES, INT_DTYPES, MAX_K, check_bool, check_float, check_tensor,
                       pair_arg, skip_data_checks)
 
-__all__ = ["gumbel_logprob", "gaussian_logprob", "DEFAULT_MIN_WEIGHT", "DEFAULT_CLAMP"]
+__all__ = ["gumbel_logprob", "gaussian_logprob", "topk_dirichlet_logprob",
+           "weight_gaussian_logprob", "DEFAULT_MIN_WEIGHT", "DEFAULT_CLAMP"]
 
 # SofT-GRPO counts a slot when log(p~ + 1e-6) > -3, i.e. p~ > exp(-3) (up to the 1e-6).
 DEFAULT_MIN_WEIGHT = math.exp(-3.0)
@@ -224,7 +225,10 @@ def gumbel_logprob(
             (-1.5, 3.0), SofT-GRPO's values (and :class:`Gumbel`'s).
         hard: optional bool [...]: rows that took a discrete token.
         scale: the rollout's ``Gumbel.scale`` (> 0): g' - log p~ is divided by it, so that ghat is
-            the Gumbel variable itself. SofT-GRPO trains with noise_factor 1 (the default).
+            the Gumbel variable itself. Default 1. SofT-GRPO's code defaults noise_factor to 0.5
+            (trainer: verl-0.4.x/verl/trainer/config/ppo_trainer.yaml:132; sampler:
+            sampling_params.py:68, server_args.py:203; zz1358m/SofT-GRPO-master@2b9d8ec); their
+            training scripts pass 1 (SofT-GRPO-deepscaler-8k.sh:40): pass the rollout's value.
         min_weight: slots with p~ <= min_weight are left out of the mean, in [0, 1). Default
             exp(-3) ~ 0.0498, SofT-GRPO's mask ``log p~ > -3``.
         validate: raise ValueError naming the first bad row (NaN / +inf logits or g', ids out of
@@ -371,3 +375,206 @@ def gaussian_logprob(
         mean = mean.contiguous()
     logprob, _ = torch.ops.softkernels.gaussian_logprob(x, mean, sigma_rows, sigma_s)
     return logprob.reshape(batch)
+
+
+# --------------------------------------------------------------------------------------------
+# SofT-GRPO's two other rollout noises: log-probabilities of TopKDirichlet and WeightGaussian
+# soft tokens. Composites of ATen ops (any device; torch.compile and autograd see through them):
+# per row they touch only the k slot logits and a logsumexp, so a fused kernel would buy little.
+
+def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate):
+    """Shared checks of the slot log-prob functions; returns (batch, V, k, temperature)."""
+    check_tensor(fn, "logits", logits, dtypes=FLOAT_DTYPES)
+    if logits.dim() < 1 or logits.shape[-1] < 1:
+        raise ValueError(f"{fn}: logits must be a [..., V] tensor with V >= 1, got shape "
+                         f"{tuple(logits.shape)}")
+    device = logits.device
+    V = logits.shape[-1]
+    batch = tuple(logits.shape[:-1])
+    check_tensor(fn, "ids", ids, dtypes=_INT_DTYPES, device=device)
+    if ids.dim() != logits.dim() or tuple(ids.shape[:-1]) != batch:
+        raise ValueError(f"{fn}: ids must have shape [..., k] with the logits' leading shape "
+                         f"{batch}, got {tuple(ids.shape)} (logits {tuple(logits.shape)})")
+    k = ids.shape[-1]
+    if k < 1:
+        raise ValueError(f"{fn}: ids must have k >= 1 slots, got k = {k}")
+    check_tensor(fn, "draws", draws, dtypes=FLOAT_DTYPES, device=device)
+    if draws.shape != ids.shape:
+        raise ValueError(f"{fn}: draws must have the shape of ids {tuple(ids.shape)}, got "
+                         f"{tuple(draws.shape)}")
+    temperature = _positive(fn, "temperature", temperature)
+    if hard is not None:
+        check_tensor(fn, "hard", hard, dtypes=(torch.bool,), device=device)
+        if tuple(hard.shape) != batch:
+            raise ValueError(f"{fn}: hard must have the logits' leading shape {batch}, got "
+                             f"{tuple(hard.shape)}")
+    check_bool(fn, "validate", validate)
+    if validate and not skip_data_checks(logits, ids, draws) and ids.numel():
+        # Soft rows read every slot, hard rows only slot 0.
+        soft = (~hard[..., None] if hard is not None else torch.ones_like(ids, dtype=torch.bool))
+        read = soft.expand(ids.shape).clone()
+        read[..., 0] = True
+        bad = (((ids < 0) | (ids >= V)) & read).reshape(-1).nonzero()
+        if bad.numel():
+            i = int(bad[0, 0])
+            raise ValueError(f"{fn}: ids{list(_row_index(i, ids.shape))} = "
+                             f"{int(ids.reshape(-1)[i])} is not a token id in [0, V) = [0, {V})")
+        nonfinite = ~torch.isfinite(draws) & soft
+        if bool(nonfinite.any()):
+            i = int(nonfinite.reshape(-1).nonzero()[0, 0])
+            raise ValueError(f"{fn}: draws{list(_row_index(i, draws.shape))} = "
+                             f"{draws.reshape(-1)[i].item()} is not finite")
+    return batch, V, k, temperature
+
+
+def _slot_probs(logits, ids, temperature):
+    """z = logits / T and the softmax at the k ids renormalised over them (computed as a softmax
+    over the gathered logits: the same numbers as SofT-GRPO's full softmax, gather, renormalise),
+    in the stats dtype."""
+    z = logits.to(_stats_dtype(logits)) / temperature
+    zs = torch.gather(z, -1, ids.clamp(0, z.shape[-1] - 1))
+    return z, torch.softmax(zs, dim=-1)
+
+
+def _masked_mean(lp, p, min_weight):
+    """Mean of lp over the slots with p > min_weight; the most probable slot when none passes."""
+    mask = p > min_weight
+    top = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).to(torch.bool)
+    mask = torch.where(mask.any(-1, keepdim=True), mask, top)
+    return torch.where(mask, lp, torch.zeros_like(lp)).sum(-1) / mask.sum(-1).to(lp.dtype)
+
+
+def _with_hard(out, z, ids, hard):
+    if hard is None:
+        return out
+    lsm = torch.log_softmax(z, dim=-1)
+    first = torch.gather(lsm, -1, ids[..., :1].clamp(0, z.shape[-1] - 1))[..., 0]
+    return torch.where(hard, first, out)
+
+
+def topk_dirichlet_logprob(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    draws: torch.Tensor,
+    temperature: float = 1.0,
+    hard: Optional[torch.Tensor] = None,
+    *,
+    alpha: float = 1.0,
+    clamp: Optional[Tuple[float, float]] = (-5.0, 3.0),
+    min_weight: float = 0.05,
+    validate: bool = True,
+) -> torch.Tensor:
+    """SofT-GRPO log-probability of :class:`softkernels.TopKDirichlet` soft tokens.
+
+    With z = logits / temperature and p~ = softmax of z at the k ids, renormalised over them:
+
+    * ``l_j = clamp(log Gamma(G_j; alpha * p~_j, 1), lo, hi)`` with
+      ``log Gamma(x; c, 1) = (c - 1) log x - x - lgamma(c)``;
+    * ``log pi = mean of l_j over M = {j : p~_j > min_weight}`` (the most probable slot when M is
+      empty).
+
+    This is zz1358m/SofT-GRPO-master@2b9d8ec, verl-0.4.x/verl/utils/torch_functional.py:111-137
+    (their ``dirichlet_alphas=1.0``, clamp (-5, 3), mask ``p > 0.05``). Slots with G = 0 (the
+    unweighted ones) are scored as in their code (``xlogy``: +inf for c < 1, so ``hi`` after the
+    clamp) but carry no gradient; a slot whose value is NaN (c = 0, p~ underflowed) is left out of
+    M instead of making the row NaN. Hard rows use ``log softmax(z)[ids[..., 0]]`` (their code
+    switches on ``ids[1:] == 0`` instead).
+
+    Args:
+        logits: [..., V] float (any leading shape); -inf marks a masked token.
+        ids: [..., k] integer slot ids (``SoftTokens.ids``).
+        draws: [..., k] the Gamma draws G (``SoftTokens.noise`` of TopKDirichlet), >= 0.
+        temperature: sampling temperature (> 0) applied to the logits.
+        hard: optional bool [...]: rows that took a discrete token.
+        alpha: the rollout's ``TopKDirichlet.alpha`` (> 0). Default 1.0.
+        clamp: ``(lo, hi)`` on each slot's log-density, or None. Default (-5, 3).
+        min_weight: slots with p~ <= min_weight are left out of the mean, in [0, 1). Default 0.05.
+        validate: check ids and draws (a host sync); skipped under torch.compile.
+
+    Returns:
+        log pi [...], float32 (float64 for float64 logits), differentiable w.r.t. ``logits``
+        (zero where the clamp is active, as in their code).
+    """
+    fn = "topk_dirichlet_logprob"
+    batch, V, k, temperature = _check_slot_inputs(fn, logits, ids, draws, temperature, hard,
+                                                  validate)
+    alpha = _positive(fn, "alpha", alpha)
+    lo, hi = _check_clamp(fn, clamp)
+    min_weight = check_float(fn, "min_weight", min_weight, lo=0.0, hi=1.0, lo_open=False,
+                             hi_open=True)
+    if validate and not skip_data_checks(logits, draws) and draws.numel():
+        neg = (draws < 0).reshape(-1).nonzero()
+        if neg.numel():
+            i = int(neg[0, 0])
+            raise ValueError(f"{fn}: draws{list(_row_index(i, draws.shape))} = "
+                             f"{draws.reshape(-1)[i].item()} is negative; Gamma draws are >= 0")
+    ids = ids.to(torch.int64)
+    z, p = _slot_probs(logits, ids, temperature)
+    x = draws.to(p.dtype)
+    c = alpha * p
+    valid = (x > 0) & (c > 0)
+    xs = torch.where(valid, x, torch.ones_like(x))
+    cs = torch.where(valid, c, torch.ones_like(c))
+    lp = torch.xlogy(cs - 1, xs) - xs - torch.lgamma(cs)
+    with torch.no_grad():
+        edge = torch.xlogy(c - 1, x) - x - torch.lgamma(c)   # their value where not `valid`
+    lp = torch.where(valid, lp, edge).clamp(lo, hi)
+    keep = ~torch.isnan(lp)
+    out = _masked_mean(torch.where(keep, lp, torch.zeros_like(lp)),
+                       torch.where(keep, p, torch.zeros_like(p)), min_weight)
+    return _with_hard(out, z, ids, hard)
+
+
+def weight_gaussian_logprob(
+    logits: torch.Tensor,
+    ids: torch.Tensor,
+    draws: torch.Tensor,
+    temperature: float = 1.0,
+    hard: Optional[torch.Tensor] = None,
+    *,
+    sigma: float = 0.05,
+    radius: float = 0.15,
+    min_weight: float = 0.05,
+    validate: bool = True,
+) -> torch.Tensor:
+    """SofT-GRPO log-probability of :class:`softkernels.WeightGaussian` soft tokens.
+
+    With z = logits / temperature and p~ = softmax of z at the k ids, renormalised over them:
+
+    * ``l_j = log N(clamp(x_j, p~_j - radius, p~_j + radius); p~_j, sigma^2)``;
+    * ``log pi = mean of l_j over M = {j : p~_j > min_weight}`` (the most probable slot when M is
+      empty).
+
+    This is zz1358m/SofT-GRPO-master@2b9d8ec, verl-0.4.x/verl/utils/torch_functional.py:84-108
+    (sigma 0.05 hard-coded there, radius 0.15, mask ``p > 0.05``). Hard rows use
+    ``log softmax(z)[ids[..., 0]]``.
+
+    Args:
+        logits: [..., V] float; -inf marks a masked token.
+        ids: [..., k] integer slot ids (``SoftTokens.ids``).
+        draws: [..., k] the draws x (``SoftTokens.noise`` of WeightGaussian).
+        temperature: sampling temperature (> 0).
+        hard: optional bool [...]: rows that took a discrete token.
+        sigma: the rollout's ``WeightGaussian.sigma`` (> 0). Default 0.05.
+        radius: half-width of the clamp of x around p~ (> 0, or inf for none). Default 0.15.
+        min_weight: slots with p~ <= min_weight are left out of the mean, in [0, 1). Default 0.05.
+        validate: check ids and draws (a host sync); skipped under torch.compile.
+
+    Returns:
+        log pi [...], float32 (float64 for float64 logits), differentiable w.r.t. ``logits``
+        (zero for a slot whose draw is clamped).
+    """
+    fn = "weight_gaussian_logprob"
+    batch, V, k, temperature = _check_slot_inputs(fn, logits, ids, draws, temperature, hard,
+                                                  validate)
+    sigma = _positive(fn, "sigma", sigma)
+    radius = check_float(fn, "radius", radius, lo=0.0, hi=math.inf, lo_open=True,
+                         hi_open=False)
+    min_weight = check_float(fn, "min_weight", min_weight, lo=0.0, hi=1.0, lo_open=False,
+                             hi_open=True)
+    ids = ids.to(torch.int64)
+    z, p = _slot_probs(logits, ids, temperature)
+    x = draws.to(p.dtype)
+    xc = torch.minimum(torch.maximum(x, p - radius), p + radius)
+    lp = -((xc - p) ** 2) / (2 * sigma * sigma) - math.log(sigma) - 0.5 * math.log(2 * math.pi)
+    return _with_hard(_masked_mean(lp, p, min_weight), z, ids, hard)

@@ -16,8 +16,8 @@ from . import _C  # noqa: F401  (loads the op library)
 from ._checks import (FLOAT_DTYPES, I64_MAX, I64_MIN, MAX_K, MAX_POOL, check_bool, check_float,
                       check_int, check_tensor, is_compiling, row_param, skip_data_checks,
                       to_f32)
-from .noise import (NOISE_DIRICHLET, NOISE_GAUSSIAN, NOISE_GUMBEL, Dirichlet, Gaussian, Gumbel,
-                    Noise, noise_kind)
+from .noise import (NOISE_DIRICHLET, NOISE_DIRICHLET_GUMBEL, NOISE_GUMBEL, NOISE_WITH_SLOTS,
+                    Gaussian, Noise, noise_constants, noise_kind)
 from .soft_tokens import SoftTokens
 
 __all__ = ["soft_embed", "MAX_K", "MAX_POOL"]
@@ -54,7 +54,7 @@ def _soft_embed_fake(*args):
         logits.new_empty((B, k), dtype=f),
         logits.new_empty((B,), dtype=f),
         logits.new_empty((B,), dtype=f),
-        logits.new_empty((B, k) if a["noise_kind"] == NOISE_GUMBEL else (0,), dtype=f),
+        logits.new_empty((B, k) if a["noise_kind"] in NOISE_WITH_SLOTS else (0,), dtype=f),
         logits.new_empty((B,), dtype=torch.int32),
     )
 
@@ -72,6 +72,8 @@ def _soft_embed_setup_context(ctx, inputs, output):
     a = dict(zip(SOFT_EMBED_PARAMS, inputs))
     embeds, ids, weights, entropy, max_prob, noise, status = output
     ctx.mark_non_differentiable(ids, entropy, max_prob, status)
+    if a["noise_kind"] != NOISE_GUMBEL and noise.numel():
+        ctx.mark_non_differentiable(noise)  # raw draws, or g' of a kind without a logits gradient
     ctx.save_for_backward(a["logits"], a["embedding"], ids, weights, noise, a["hard"],
                           a["temperature_rows"])
     ctx.temperature = a["temperature"]
@@ -208,7 +210,8 @@ def soft_embed(
             likely tokens.
         top_p: in (0, 1] (1 = off); a number or a [B] tensor.
         min_p: in [0, 1) (0 = off), relative to the row's max probability; number or [B] tensor.
-        noise: None, :class:`Gumbel`, :class:`Dirichlet` or :class:`Gaussian`.
+        noise: None, :class:`Gumbel`, :class:`Dirichlet`, :class:`Gaussian`,
+            :class:`TopKDirichlet`, :class:`WeightGaussian` or :class:`DirichletGumbel`.
         seed, offset: int or int64 [B] tensor keying the row's random stream (Philox 4x32-10).
             Use a new offset per decoding step.
         hard: optional bool [B]: rows that take a discrete token instead of a mixture.
@@ -219,7 +222,9 @@ def soft_embed(
             checks are skipped.
 
     Returns:
-        :class:`SoftTokens` (embeds, ids, weights, entropy, max_prob, noise).
+        :class:`SoftTokens` (embeds, ids, weights, entropy, max_prob, noise). ``noise`` is
+        [B, k] for the kinds in ``softkernels.noise.NOISE_WITH_SLOTS`` (g' for the Gumbel kinds,
+        the draws for TopKDirichlet / WeightGaussian), else None.
     """
     fn = "soft_embed"
     check_tensor(fn, "logits", logits, ndim=2, dtypes=FLOAT_DTYPES, shape_hint=" [B, V]")
@@ -263,7 +268,7 @@ def soft_embed(
                                    lo_open=False, hi_open=False, **common)
 
     # Candidate pool: the filters run inside each row's P most likely tokens (P <= 1024).
-    dirichlet = kind == NOISE_DIRICHLET
+    dirichlet = kind in (NOISE_DIRICHLET, NOISE_DIRICHLET_GUMBEL)  # they redraw the support
     if top_k_t is None:
         pool = _row_pool_size(V, k, top_k_s, dirichlet)
         if pool > MAX_POOL:
@@ -311,14 +316,10 @@ def soft_embed(
                 raise ValueError(f"{fn}: hard_ids[{b}] = {int(hard_ids[b])} is not a token id "
                                  f"in [0, V) = [0, {V})")
 
-    tau = scale = alpha = sigma = 0.0
-    clamp_lo, clamp_hi = -math.inf, math.inf
-    if isinstance(noise, Gumbel):
-        tau, scale = noise.tau, noise.scale
-        clamp_lo, clamp_hi = noise.bounds
-    elif isinstance(noise, Dirichlet):
-        alpha = noise.alpha
-    elif isinstance(noise, Gaussian):
+    tau, scale, clamp_lo, clamp_hi, alpha, sigma = (
+        noise_constants(noise) if not isinstance(noise, Gaussian) else (0.0,) * 6)
+    if isinstance(noise, Gaussian):
+        clamp_lo, clamp_hi = -math.inf, math.inf
         if noise.relative and is_compiling():
             raise ValueError(f"{fn}: a relative Gaussian noise (Gaussian(relative=True)) needs the "
                              "embedding's RMS, a data-dependent value that torch.compile cannot "
@@ -339,4 +340,4 @@ def soft_embed(
         _raise_for_status(status, B, dict(temperature=temperature_t, top_k=top_k_t,
                                           top_p=top_p_t, min_p=min_p_t))
     return SoftTokens(embeds, ids, weights, entropy, max_prob,
-                      g_prime if kind == NOISE_GUMBEL else None)
+                      g_prime if kind in NOISE_WITH_SLOTS else None)

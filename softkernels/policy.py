@@ -4,7 +4,8 @@ One decoding step, for a group of rows that think with the same configuration:
 
 1. :func:`softkernels.soft_embed` on the step's scores (after the engine's own logits
    processors): the soft token of every row, its entropy and top probability;
-2. :func:`softkernels.route_step`: each row's Cold Stop / router / budget state machine;
+2. :func:`softkernels.route_step`: each row's Cold Stop / router / budget state machine (and,
+   with ``ColdStop(answer_abort=True)``, Soft Thinking's answer-phase counter, here);
 3. the token each row must emit: soft rows their top-1 slot (the readable trace), thinking rows
    whose token is the think-end token (forced, or the model's own top-1) that token; every other
    row is left to the engine's normal sampling;
@@ -27,6 +28,7 @@ import torch
 
 from .noise import Gaussian, Noise
 from .ops import soft_embed
+from ._checks import I32_MAX, check_int
 from .routing import MODE_SOFT, PHASE_ANSWER, PHASE_THINKING, RouteState, route_step
 from .soft_tokens import SoftTokens
 
@@ -60,8 +62,9 @@ class StepConfig:
     """A :class:`softkernels.SoftThinkingConfig` resolved against one model (hashable).
 
     ``think_end_id`` is the resolved token id (or None); ``noise`` is absolute (a relative
-    Gaussian sigma is multiplied by RMS(E) once, in :meth:`resolve`). Rows with equal StepConfigs
-    can share one :func:`step` call.
+    Gaussian sigma is multiplied by RMS(E) once, in :meth:`resolve`). ``eos_id`` is the token
+    that finishes a row aborted by ``ColdStop(answer_abort=True)`` (None when the option is off).
+    Rows with equal StepConfigs can share one :func:`step` call.
     """
 
     k: int
@@ -75,22 +78,40 @@ class StepConfig:
     cold_stop_patience: int
     router_threshold: Optional[float]
     max_think_tokens: Optional[int]
+    cold_stop_normalized: bool = False
+    cold_stop_answer_abort: bool = False
+    eos_id: Optional[int] = None
 
     @staticmethod
-    def resolve(config, think_end_id: Optional[int], embedding: torch.Tensor) -> "StepConfig":
+    def resolve(config, think_end_id: Optional[int], embedding: torch.Tensor,
+                eos_id: Optional[int] = None) -> "StepConfig":
         """``config`` (SoftThinkingConfig) with ``think_end_id`` and the noise resolved against
-        the embedding matrix ``embedding`` [V_e, D] (one pass over E for a relative Gaussian)."""
+        the embedding matrix ``embedding`` [V_e, D] (one pass over E for a relative Gaussian).
+
+        ``eos_id`` (int >= 0 or None) is the engine's end-of-sequence token; it is required by
+        ``ColdStop(answer_abort=True)`` (ValueError without one) and ignored otherwise.
+        """
         noise = config.noise
         if isinstance(noise, Gaussian) and noise.relative:
             noise = noise.absolute(embedding)
         cs = config.cold_stop
+        abort = cs is not None and cs.answer_abort
+        if abort:
+            if eos_id is None:
+                raise ValueError("softkernels: ColdStop(answer_abort=True) finishes a row by "
+                                 "forcing the end-of-sequence token, but the model has none "
+                                 "(generation_config.eos_token_id is None); set one or use "
+                                 "answer_abort=False")
+            eos_id = check_int("StepConfig.resolve", "eos_id", eos_id, 0)
         return StepConfig(
             k=config.k, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
             min_p=config.min_p, noise=noise, think_end_id=think_end_id,
             cold_stop_entropy=None if cs is None else cs.entropy_threshold,
             cold_stop_patience=256 if cs is None else cs.patience,
             router_threshold=None if config.router is None else config.router.threshold,
-            max_think_tokens=config.max_think_tokens)
+            max_think_tokens=config.max_think_tokens,
+            cold_stop_normalized=cs is not None and cs.normalized,
+            cold_stop_answer_abort=abort, eos_id=eos_id if abort else None)
 
 
 class Step(NamedTuple):
@@ -103,6 +124,8 @@ class Step(NamedTuple):
     force: bool [B] rows that must emit ``token``; the others sample as the engine would.
     soft: bool [B] rows whose next input is ``tokens.embeds`` (mode 1) instead of E[token].
     state: the rows' new :class:`RouteState`.
+    abort: bool [B] answering rows whose ``token`` is the forced end-of-sequence token
+        (``ColdStop(answer_abort=True)``), or None when the option is off.
     """
 
     tokens: SoftTokens
@@ -111,6 +134,7 @@ class Step(NamedTuple):
     force: torch.Tensor
     soft: torch.Tensor
     state: RouteState
+    abort: Optional[torch.Tensor] = None
 
 
 def end_thinking_on(state: RouteState, last_token: torch.Tensor,
@@ -119,13 +143,31 @@ def end_thinking_on(state: RouteState, last_token: torch.Tensor,
 
     route_step only sees the top-1 soft candidate; a token the engine chose itself (a router-hard
     step's sample, or an engine rule that overrides the forced token, such as vLLM's thinking
-    budget) reaches the state machine here, one step later.
+    budget) reaches the state machine here, one step later. Their Cold Stop counter restarts at
+    0, as route_step's does when it ends thinking (the answer-phase abort counts from there).
     """
     if think_end_id is None:
         return state
     ended = (state.phase == PHASE_THINKING) & (last_token == think_end_id)
-    return RouteState(state.phase.masked_fill(ended, PHASE_ANSWER), state.low_count,
-                      state.think_steps)
+    return RouteState(state.phase.masked_fill(ended, PHASE_ANSWER),
+                      state.low_count.masked_fill(ended, 0), state.think_steps)
+
+
+def _answer_counter(entropy: torch.Tensor, before: RouteState, after: RouteState, threshold: float,
+                    patience: int):
+    """Soft Thinking's answer-phase Cold Stop (docs/fidelity.md): the rows that answered before
+    this step count consecutive steps with ``entropy < threshold`` (route_step leaves answering
+    rows' counters alone); a row whose count had reached ``patience`` at an earlier step is
+    aborted now. Returns (abort bool [B], the new state)."""
+    answering = before.phase == PHASE_ANSWER
+    low = before.low_count
+    # Same comparison as route.h: in the entropy's dtype; the counter saturates.
+    low_entropy = entropy < torch.tensor(threshold, dtype=entropy.dtype, device=entropy.device)
+    counted = torch.where(low_entropy, torch.where(low < I32_MAX, low + 1, low),
+                          torch.zeros_like(low))
+    abort = answering & (low >= patience)
+    return abort, RouteState(after.phase, torch.where(answering, counted, after.low_count),
+                             after.think_steps)
 
 
 def step(scores: torch.Tensor, embedding: torch.Tensor, cfg: StepConfig, state: RouteState,
@@ -152,14 +194,24 @@ def step(scores: torch.Tensor, embedding: torch.Tensor, cfg: StepConfig, state: 
     tok = soft_embed(scores, embedding, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
                      top_p=cfg.top_p, min_p=cfg.min_p, noise=cfg.noise, seed=seed, offset=offset,
                      validate=validate)
+    threshold = cfg.cold_stop_entropy
+    if threshold is not None and cfg.cold_stop_normalized:
+        # RST compares entropy / ln V; multiplying the threshold is the same rule up to rounding
+        # at the boundary, and keeps route_step's units (nats).
+        threshold = threshold * math.log(scores.shape[1]) if scores.shape[1] > 1 else 0.0
     rs = route_step(tok.entropy, tok.max_prob, tok.ids[:, 0], state, think_end_id=te,
-                    cold_stop_entropy=cfg.cold_stop_entropy,
+                    cold_stop_entropy=threshold,
                     cold_stop_patience=cfg.cold_stop_patience,
                     router_threshold=cfg.router_threshold, max_think_tokens=cfg.max_think_tokens,
                     validate=validate)
     soft = rs.mode == MODE_SOFT
     force = soft if te is None else soft | ((state.phase == PHASE_THINKING) & (rs.token == te))
-    return Step(tok, rs.mode, rs.token, force, soft, rs.state)
+    if not (cfg.cold_stop_answer_abort and threshold is not None):
+        return Step(tok, rs.mode, rs.token, force, soft, rs.state)
+    abort, new_state = _answer_counter(tok.entropy, state, rs.state, threshold,
+                                       cfg.cold_stop_patience)
+    token = torch.where(abort, torch.full_like(rs.token, cfg.eos_id), rs.token)
+    return Step(tok, rs.mode, token, force | abort, soft, new_state, abort)
 
 
 def force_scores(scores: torch.Tensor, force: torch.Tensor, token: torch.Tensor) -> torch.Tensor:

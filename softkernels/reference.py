@@ -17,16 +17,18 @@ from typing import Optional, Sequence, Union
 
 import torch
 
-from .noise import Dirichlet, Gaussian, Gumbel, Noise
+from .noise import (Dirichlet, DirichletGumbel, Gaussian, Gumbel, Noise, TopKDirichlet,
+                    WeightGaussian)
 from .soft_tokens import SoftTokens
 
 __all__ = ["philox4x32_10", "philox_draw", "uniform_open", "gumbel_noise", "gaussian_noise",
            "log_gamma_sample", "soft_embed_reference", "route_step_reference", "TAG_GUMBEL", "TAG_DIRICHLET",
            "TAG_GAUSSIAN", "gumbel_logprob_reference", "gaussian_logprob_reference",
            "mix_embeddings_reference", "select_rows_reference", "iteration_embeds_reference",
-           "add_rows_reference"]
+           "add_rows_reference", "weight_normal_noise", "topk_dirichlet_logprob_reference",
+           "weight_gaussian_logprob_reference", "TAG_WEIGHT_GAUSSIAN"]
 
-TAG_GUMBEL, TAG_DIRICHLET, TAG_GAUSSIAN = 1, 2, 3
+TAG_GUMBEL, TAG_DIRICHLET, TAG_GAUSSIAN, TAG_WEIGHT_GAUSSIAN = 1, 2, 3, 4
 GAMMA_MAX_ATTEMPTS = 16
 _M32 = 0xFFFFFFFF
 
@@ -101,6 +103,12 @@ def gaussian_noise(seed: int, offset: int, dim: int) -> torch.Tensor:
     n0, n1 = _normal_pair(w[:, 0], w[:, 1])
     n2, n3 = _normal_pair(w[:, 2], w[:, 3])
     return torch.stack([n0, n1, n2, n3], dim=-1).reshape(-1)[:dim]
+
+
+def weight_normal_noise(seed: int, offset: int, ids: torch.Tensor) -> torch.Tensor:
+    """Standard normals of the given token ids for one row (WeightGaussian's stream)."""
+    w = philox_draw(seed, offset, TAG_WEIGHT_GAUSSIAN, ids)
+    return _normal_pair(w[..., 0], w[..., 1])[0]
 
 
 def log_gamma_sample(shape: torch.Tensor, seed: int, offset: int, ids: torch.Tensor) -> torch.Tensor:
@@ -189,6 +197,8 @@ def soft_embed_reference(
 
         is_hard = hard is not None and bool(hard[b])
         g_prime = None
+        slot_noise = isinstance(noise, (Gumbel, TopKDirichlet, WeightGaussian, DirichletGumbel))
+        gumbel_like = isinstance(noise, (Gumbel, DirichletGumbel))
         if is_hard:
             first = int(hard_ids[b]) if hard_ids is not None else int(order[0])
             rest = [int(i) for i in order.tolist() if int(i) != first][: k - 1]
@@ -196,9 +206,11 @@ def soft_embed_reference(
             w = torch.zeros(k, dtype=torch.float64)
             w[0] = 1.0
             emb = E[first]
-            if isinstance(noise, Gumbel):
+            if gumbel_like:
                 g_prime = torch.full((k,), -math.inf, dtype=torch.float64)
                 g_prime[0] = 0.0
+            elif slot_noise:
+                g_prime = w.clone()   # the draws that give the one-hot weights
         else:
             # 3. top_k
             n1 = min(n, tk) if 0 < tk < V else n
@@ -216,7 +228,7 @@ def soft_embed_reference(
                 n3 = int((q[:n2] >= mp * q[0]).sum())
             nk = min(k, n3)
             surv_ids = order[:n3]
-            if isinstance(noise, Dirichlet):
+            if isinstance(noise, (Dirichlet, DirichletGumbel)):
                 # 6. Dirichlet over the survivors; 7. keep the k largest draws, renormalise.
                 ps3 = q[:n3] / q[:n3].sum()
                 logg = log_gamma_sample(noise.alpha * ps3, sd, off, surv_ids)
@@ -227,11 +239,36 @@ def soft_embed_reference(
                 # 7. keep the k largest survivors, renormalise (differentiable in z).
                 chosen = torch.arange(nk)
                 w_sel = torch.softmax(z[order[:nk]], dim=0)
-            if isinstance(noise, Gumbel):
-                # 8. g' = log w + scale * clamp(g); w = softmax(g' / tau); re-sort.
+            if isinstance(noise, TopKDirichlet):
+                # 8a. G ~ Gamma(alpha * w) on the nk slots; w = G / sum G; re-sort by G.
+                logg = log_gamma_sample(noise.alpha * w_sel.detach(), sd, off, order[chosen])
+                re = _sort_desc(logg)
+                chosen, logg = chosen[re], logg[re]
+                w_sel = torch.softmax(logg, dim=0)
+                g_prime = torch.cat([logg.exp(), torch.zeros(k - nk, dtype=torch.float64)])
+            elif isinstance(noise, WeightGaussian):
+                # 8b. x = w + sigma * n on all k slots (the next pool entries with w = 0);
+                #     w = x / sum x; re-sort by w.
+                chosen = torch.arange(k)
+                w0 = torch.cat([w_sel.detach(), torch.zeros(k - nk, dtype=torch.float64)])
+                x = w0 + noise.sigma * weight_normal_noise(sd, off, order[:k])
+                wx = x / x.sum()
+                re = _sort_desc(wx)
+                chosen, w_sel, g_prime = chosen[re], wx[re], x[re]
+                nk = k
+            elif gumbel_like:
+                # 8c. g' = log w + scale * clamp(g); w = softmax(g' / tau); re-sort.
+                #     SofT-GRPO's rollout g': log(w + 1e-6) on all k slots.
                 lo, hi = noise.bounds
+                if isinstance(noise, Gumbel) and noise.gprime == "soft_grpo":
+                    chosen = torch.arange(k)
+                    w_sel = torch.cat([w_sel.detach(), torch.zeros(k - nk, dtype=torch.float64)])
+                    base = torch.log(w_sel + 1e-6)
+                    nk = k
+                else:
+                    base = torch.log(w_sel)
                 g = gumbel_noise(sd, off, order[chosen]).clamp(lo, hi)
-                gp = torch.log(w_sel) + noise.scale * g
+                gp = base + noise.scale * g
                 re = _sort_desc(gp.detach())
                 chosen, gp = chosen[re], gp[re]
                 w_sel = torch.softmax(gp / noise.tau, dim=0)
@@ -253,17 +290,18 @@ def soft_embed_reference(
         rows_noise.append(g_prime)
 
     f64 = dict(dtype=torch.float64)
+    slot_noise_kind = isinstance(noise, (Gumbel, TopKDirichlet, WeightGaussian, DirichletGumbel))
     if B == 0:
         return SoftTokens(torch.zeros(0, D, **f64), torch.zeros(0, k, dtype=torch.int64),
                           torch.zeros(0, k, **f64), torch.zeros(0, **f64), torch.zeros(0, **f64),
-                          torch.zeros(0, k, **f64) if isinstance(noise, Gumbel) else None)
+                          torch.zeros(0, k, **f64) if slot_noise_kind else None)
     return SoftTokens(
         embeds=torch.stack(rows_e),
         ids=torch.stack(rows_ids),
         weights=torch.stack(rows_w),
         entropy=torch.stack(rows_h),
         max_prob=torch.stack(rows_pmax),
-        noise=torch.stack(rows_noise) if isinstance(noise, Gumbel) else None,
+        noise=torch.stack(rows_noise) if slot_noise_kind else None,
     )
 
 
@@ -433,3 +471,71 @@ def add_rows_reference(logits, src, idx, count):
         if 0 <= r < B:
             out[r] = (out[r].to(torch.float64) + src[j].detach().cpu().to(torch.float64)).to(out.dtype)
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# topk_dirichlet_logprob / weight_gaussian_logprob (SofT-GRPO's -dir and -gau log-probs)
+
+def _slot_rows(logits, ids, draws, hard, temperature):
+    """Per row: (z over V, p~ at the ids renormalised over them, the row's draws, is_hard)."""
+    V = logits.shape[-1]
+    k = ids.shape[-1]
+    X = logits.to(torch.float64).reshape(-1, V)
+    I = ids.reshape(-1, k).to(torch.int64)
+    G = draws.to(torch.float64).reshape(-1, k)
+    H = hard.reshape(-1) if hard is not None else None
+    for r in range(X.shape[0]):
+        z = X[r] / temperature
+        zs = z[I[r]]
+        p = torch.exp(zs - torch.logsumexp(zs, 0))
+        yield z, p, G[r], I[r], H is not None and bool(H[r])
+
+
+def _mean_over_mask(lp, p, min_weight):
+    keep = [j for j in range(len(lp)) if float(p[j]) > min_weight and not math.isnan(float(lp[j]))]
+    if not keep:
+        keep = [int(torch.argmax(torch.where(torch.isnan(lp), torch.zeros_like(p), p)))]
+    return torch.stack([lp[j] for j in keep]).mean()
+
+
+def topk_dirichlet_logprob_reference(logits, ids, draws, temperature=1.0, hard=None, *,
+                                     alpha=1.0, clamp=(-5.0, 3.0), min_weight=0.05):
+    """Float64 reference of :func:`softkernels.topk_dirichlet_logprob` (no validation).
+
+    Per slot: clamp((c - 1) log G - G - lgamma(c), lo, hi) with c = alpha * p~; G = 0 with c < 1
+    scores +inf before the clamp (no gradient), c = 0 scores NaN and leaves the mean."""
+    lo, hi = clamp if clamp is not None else (-math.inf, math.inf)
+    out = []
+    for z, p, g, i, is_hard in _slot_rows(logits, ids, draws, hard, temperature):
+        if is_hard:
+            out.append(torch.log_softmax(z, 0)[i[0]])
+            continue
+        lps = []
+        for j in range(len(p)):
+            c = alpha * p[j]
+            x = float(g[j])
+            if x > 0 and float(c) > 0:
+                lp = (c - 1) * math.log(x) - x - torch.lgamma(c)
+            else:   # their xlogy at G = 0: +inf (c < 1), 0 (c = 1), -inf (c > 1); NaN at c = 0
+                cf = float(c)
+                v = math.nan if cf == 0 else (math.inf if cf < 1 else (0.0 if cf == 1 else -math.inf))
+                lp = torch.tensor(v, dtype=torch.float64)
+            lps.append(lp.clamp(lo, hi))
+        out.append(_mean_over_mask(torch.stack(lps), p, min_weight))
+    shape = tuple(logits.shape[:-1])
+    return torch.stack(out).reshape(shape) if out else torch.zeros(shape, dtype=torch.float64)
+
+
+def weight_gaussian_logprob_reference(logits, ids, draws, temperature=1.0, hard=None, *,
+                                      sigma=0.05, radius=0.15, min_weight=0.05):
+    """Float64 reference of :func:`softkernels.weight_gaussian_logprob` (no validation)."""
+    out = []
+    for z, p, x, i, is_hard in _slot_rows(logits, ids, draws, hard, temperature):
+        if is_hard:
+            out.append(torch.log_softmax(z, 0)[i[0]])
+            continue
+        xc = torch.minimum(torch.maximum(x, p - radius), p + radius)
+        lp = -((xc - p) ** 2) / (2 * sigma ** 2) - math.log(sigma * math.sqrt(2 * math.pi))
+        out.append(_mean_over_mask(lp, p, min_weight))
+    shape = tuple(logits.shape[:-1])
+    return torch.stack(out).reshape(shape) if out else torch.zeros(shape, dtype=torch.float64)

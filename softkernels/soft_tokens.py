@@ -20,8 +20,10 @@ class SoftTokens(NamedTuple):
         entropy: [B] entropy of softmax(logits / T) over the whole vocabulary, in nats, before any
             filtering (fp32 / fp64). Not differentiable.
         max_prob: [B] largest probability of softmax(logits / T) (fp32 / fp64). Not differentiable.
-        noise: [B, k] the perturbed log-weights g' of Gumbel noise, in slot order (-inf where the
-            weight is 0), or None for other noise kinds.
+        noise: [B, k] in slot order: the perturbed log-weights g' of the Gumbel kinds (Gumbel,
+            DirichletGumbel; -inf where the weight is 0, except Gumbel(gprime="soft_grpo")), the
+            Gamma draws G of TopKDirichlet (0 where the weight is 0), the normal draws x of
+            WeightGaussian; None for the other noise kinds.
     """
 
     embeds: torch.Tensor

@@ -34,8 +34,8 @@ struct NoiseParams {
 
 // Size of row b's candidate pool: every filter decision for the row can be made inside it.
 // top_k (when it is on) needs its top_k tokens; without top_k, only the k mixture slots matter
-// (top_p's normaliser is then the full softmax sum), except that Dirichlet noise redraws the
-// whole surviving support.
+// (top_p's normaliser is then the full softmax sum), except that Dirichlet noise (and
+// Dirichlet + Gumbel) redraws the whole surviving support (`dirichlet`: noise_redraws_support).
 SK_HD int64_t row_pool_size(int64_t V, int64_t k, int64_t top_k, bool dirichlet) {
   int64_t p;
   if (top_k > 0 && top_k < V) {
@@ -55,7 +55,7 @@ SK_HD bool row_params_ok(const RowParams<T>& rp, int64_t V, int64_t k, int noise
   if (rp.top_k < 0) return false;  // top_k >= V means off
   if (!(rp.top_p > T(0) && rp.top_p <= T(1))) return false;
   if (!(rp.min_p >= T(0) && rp.min_p < T(1))) return false;
-  const int64_t p = row_pool_size(V, k, rp.top_k, noise_kind == kNoiseDirichlet);
+  const int64_t p = row_pool_size(V, k, rp.top_k, noise_redraws_support(noise_kind));
   return p <= pool_bound;
 }
 
@@ -98,7 +98,7 @@ SK_HD void sort_indices_by_key_desc(const T* key, int* idx, int n) {
 template <typename T>
 struct RowScratch {
   T* e;            // exp(z - m) of the pool entries
-  T* key;          // sort keys (Dirichlet log-gamma draws, Gumbel g')
+  T* key;          // sort keys (Dirichlet log-gamma draws, Gumbel g', WeightGaussian w)
   int* order;      // pool indices of the chosen slots, in output order
   uint8_t* taken;  // 1 where a pool entry already fills a slot
   // Set by callers that filled e[i] = finish_row_e(pool, i), taken[i] = 0 and n0 (1 + the last i
@@ -172,7 +172,9 @@ SK_HD T gumbel_weight(T gp, T top, const GumbelConsts<T>& gc) {
 // Computes the k output slots of a soft (non-hard) row.
 //   pool[0..pool_n): the row's best candidates, sorted by `better`; pool_n >= k.
 //   st: the row's softmax statistics (st.m == pool[0].z).
-// Writes out_ids[k], out_w[k] and, for Gumbel, out_noise[k] (g'; -inf where w = 0).
+// Writes out_ids[k], out_w[k] and, for the kinds with noise_has_slots, out_noise[k]: g' (-inf
+// where w = 0) for the Gumbel kinds, the Gamma draws G (0 where w = 0) for TopKDirichlet, the
+// normal draws x for WeightGaussian.
 template <typename T>
 SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
                       const RowStats<T>& st, const RowParams<T>& rp, const NoiseParams& np,
@@ -216,9 +218,11 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
     for (int i = 0; i < n2 && min_p_keeps(sc.e[i], rp.min_p); ++i) n3 = i + 1;
   }
   const int nk = sk_min(k, n3);
+  const int kind = np.kind;
+  int nw = nk;  // output slots that carry weight (the noise of some kinds weights all k)
 
   // 5-7. Choose the nk weighted slots and their weights.
-  if (np.kind == kNoiseDirichlet) {
+  if (noise_redraws_support(kind)) {
     T s3 = T(0);
     for (int i = 0; i < n3; ++i) s3 += sc.e[i];
     const T alpha = static_cast<T>(np.alpha);
@@ -242,39 +246,92 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
       sc.order[j] = j;
       out_w[j] = sc.e[j] / sum;
     }
+    // The unweighted slots are the next pool entries (pool_n >= k); the kinds that perturb all
+    // k slots start from them with w = 0.
+    for (int j = nk; j < k; ++j) {
+      sc.order[j] = j;
+      out_w[j] = T(0);
+    }
   }
 
-  // 8. Gumbel: g' = log w + scale * clamp(g, lo, hi); w = softmax(g' / tau); re-sort.
-  if (np.kind == kNoiseGumbel) {
-    const GumbelConsts<T> gc = gumbel_consts<T>(np);
-    // key is indexed by pool index so that ties resolve by pool order.
-    T top = -sk_inf<T>();
+  // 8a. TopKDirichlet (SofT-GRPO): G_j ~ Gamma(alpha * w_j) on the nk weighted slots, then
+  //     w = G / sum G (in log space) and a re-sort by G. The draws G are returned.
+  if (kind == kNoiseTopKDirichlet) {
+    const T alpha = static_cast<T>(np.alpha);
     for (int j = 0; j < nk; ++j) {
       const int i = sc.order[j];
-      const T gp = gumbel_key(out_w[j], gumbel_noise<T>(rp.seed, rp.offset, pool[i].id), gc);
-      sc.key[i] = gp;
-      top = sk_max(top, gp);
+      sc.key[i] = log_gamma_sample<T>(alpha * out_w[j], rp.seed, rp.offset, pool[i].id);
     }
     sort_indices_by_key_desc(sc.key, sc.order, nk);
+    const T top = sc.key[sc.order[0]];
     T sum = T(0);
     for (int j = 0; j < nk; ++j) {
-      out_w[j] = gumbel_weight(sc.key[sc.order[j]], top, gc);
+      out_w[j] = sk_exp(sc.key[sc.order[j]] - top);
       sum += out_w[j];
     }
     for (int j = 0; j < nk; ++j) {
       out_w[j] /= sum;
+      out_noise[j] = sk_exp(sc.key[sc.order[j]]);
+    }
+    for (int j = nk; j < k; ++j) out_noise[j] = T(0);
+  }
+
+  // 8b. WeightGaussian (SofT-GRPO's default): x_j = w_j + sigma * n_j on all k slots (the
+  //     unweighted ones too), not clamped; w = x / sum x, re-sorted by w. The draws x are
+  //     returned. Weights may be negative.
+  if (kind == kNoiseWeightGaussian) {
+    const T sigma = static_cast<T>(np.sigma);
+    T sum = T(0);
+    for (int j = 0; j < k; ++j) {
+      sc.e[j] = out_w[j] + sigma * weight_normal_noise<T>(rp.seed, rp.offset, pool[j].id);
+      sum += sc.e[j];
+    }
+    for (int j = 0; j < k; ++j) sc.key[j] = sc.e[j] / sum;
+    sort_indices_by_key_desc(sc.key, sc.order, k);
+    for (int j = 0; j < k; ++j) {
+      out_w[j] = sc.key[sc.order[j]];
+      out_noise[j] = sc.e[sc.order[j]];
+    }
+    nw = k;
+  }
+
+  // 8c. Gumbel: g' = log w + scale * clamp(g, lo, hi); w = softmax(g' / tau); re-sort. After
+  //     Dirichlet for DirichletGumbel (RST's order). SofT-GRPO's rollout g' (GumbelSoftGrpo) is
+  //     log(w + 1e-6) + scale * clamp(g) on all k slots, so the unweighted ones get a finite g'.
+  if (noise_uses_gumbel(kind)) {
+    const GumbelConsts<T> gc = gumbel_consts<T>(np);
+    const bool all_slots = kind == kNoiseGumbelSoftGrpo;
+    const int ng = all_slots ? k : nk;
+    // key is indexed by pool index so that ties resolve by pool order.
+    T top = -sk_inf<T>();
+    for (int j = 0; j < ng; ++j) {
+      const int i = sc.order[j];
+      const T w = all_slots ? out_w[j] + static_cast<T>(1e-6) : out_w[j];
+      const T gp = gumbel_key(w, gumbel_noise<T>(rp.seed, rp.offset, pool[i].id), gc);
+      sc.key[i] = gp;
+      top = sk_max(top, gp);
+    }
+    sort_indices_by_key_desc(sc.key, sc.order, ng);
+    T sum = T(0);
+    for (int j = 0; j < ng; ++j) {
+      out_w[j] = gumbel_weight(sc.key[sc.order[j]], top, gc);
+      sum += out_w[j];
+    }
+    for (int j = 0; j < ng; ++j) {
+      out_w[j] /= sum;
       out_noise[j] = sc.key[sc.order[j]];
     }
-    for (int j = nk; j < k; ++j) out_noise[j] = -sk_inf<T>();
+    for (int j = ng; j < k; ++j) out_noise[j] = -sk_inf<T>();
+    nw = ng;
   }
 
   // Output slots: the weighted ones, then the most probable remaining pool entries.
-  for (int j = 0; j < nk; ++j) {
+  for (int j = 0; j < nw; ++j) {
     const int i = sc.order[j];
     out_ids[j] = pool[i].id;
     sc.taken[i] = 1;
   }
-  int j = nk;
+  int j = nw;
   for (int i = 0; i < pool_n && j < k; ++i) {
     if (sc.taken[i]) continue;
     out_ids[j] = pool[i].id;
@@ -284,10 +341,12 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
 }
 
 // A hard row: slot 0 is the forced token (hard_id, or the argmax when hard_id < 0) with weight 1;
-// the other slots hold the most probable other tokens with weight 0.
+// the other slots hold the most probable other tokens with weight 0. The noise of a kind with
+// noise_has_slots is the one that reproduces those weights: g' = (0, -inf, ...) for the Gumbel
+// kinds, draws (1, 0, ...) for TopKDirichlet and WeightGaussian.
 template <typename T>
 SK_HD void finish_hard_row(const Candidate<T>* pool, int pool_n, int k, int64_t hard_id,
-                           bool gumbel, int64_t* out_ids, T* out_w, T* out_noise) {
+                           int kind, int64_t* out_ids, T* out_w, T* out_noise) {
   const int64_t first = hard_id >= 0 ? hard_id : pool[0].id;
   out_ids[0] = first;
   out_w[0] = T(1);
@@ -298,19 +357,21 @@ SK_HD void finish_hard_row(const Candidate<T>* pool, int pool_n, int k, int64_t 
     out_w[j] = T(0);
     ++j;
   }
-  if (gumbel) {
+  if (noise_uses_gumbel(kind)) {
     out_noise[0] = T(0);  // log of the one-hot weight
     for (int jj = 1; jj < k; ++jj) out_noise[jj] = -sk_inf<T>();
+  } else if (noise_has_slots(kind)) {
+    for (int jj = 0; jj < k; ++jj) out_noise[jj] = out_w[jj];
   }
 }
 
 // Writes a flagged row: NaN floats, ids 0, so that an unchecked bad row cannot pass unnoticed.
 template <typename T>
-SK_HD void poison_row(int k, bool gumbel, int64_t* out_ids, T* out_w, T* out_noise) {
+SK_HD void poison_row(int k, bool has_noise, int64_t* out_ids, T* out_w, T* out_noise) {
   for (int j = 0; j < k; ++j) {
     out_ids[j] = 0;
     out_w[j] = sk_nan<T>();
-    if (gumbel) out_noise[j] = sk_nan<T>();
+    if (has_noise) out_noise[j] = sk_nan<T>();
   }
 }
 

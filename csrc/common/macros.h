@@ -28,7 +28,37 @@ constexpr double kMinAlpha = 1e-30;
 constexpr double kMaxNoiseParam = 1e30;
 
 // Exported to Python as softkernels._C.NOISE_* (csrc/ops.cpp).
-enum NoiseKind : int { kNoiseNone = 0, kNoiseGumbel = 1, kNoiseDirichlet = 2, kNoiseGaussian = 3 };
+enum NoiseKind : int {
+  kNoiseNone = 0,
+  kNoiseGumbel = 1,
+  kNoiseDirichlet = 2,
+  kNoiseGaussian = 3,
+  kNoiseTopKDirichlet = 4,   // SofT-GRPO "-dir": Gamma(alpha * w) on the k slots after top-k
+  kNoiseWeightGaussian = 5,  // SofT-GRPO default: N(w, sigma^2) on the k slots, divided by the sum
+  kNoiseDirichletGumbel = 6, // RST with both: Dirichlet over the support, then Gumbel-softmax
+  kNoiseGumbelSoftGrpo = 7,  // Gumbel with SofT-GRPO's rollout g' (log(w + 1e-6), all k slots)
+  kNoiseLast = 7,
+};
+
+// Kinds whose soft_embed output `noise` is a [B, k] tensor (g' or the raw draws of each slot).
+SK_HD bool noise_has_slots(int kind) {
+  return kind == kNoiseGumbel || kind == kNoiseTopKDirichlet || kind == kNoiseWeightGaussian ||
+         kind == kNoiseDirichletGumbel || kind == kNoiseGumbelSoftGrpo;
+}
+// Kinds that redraw the whole surviving support (their candidate pool is the full support).
+SK_HD bool noise_redraws_support(int kind) {
+  return kind == kNoiseDirichlet || kind == kNoiseDirichletGumbel;
+}
+// Kinds whose Gumbel step uses tau / scale / clamp.
+SK_HD bool noise_uses_gumbel(int kind) {
+  return kind == kNoiseGumbel || kind == kNoiseDirichletGumbel || kind == kNoiseGumbelSoftGrpo;
+}
+// Kinds whose weights soft_embed's backward differentiates w.r.t. the logits (the others' weights
+// are treated as random constants: Dirichlet draws, SofT-GRPO's rollout modes, whose trainer
+// detaches the soft inputs).
+SK_HD bool noise_weights_differentiable(int kind) {
+  return kind == kNoiseNone || kind == kNoiseGumbel || kind == kNoiseGaussian;
+}
 
 // Per-row status bits written by soft_embed; the Python wrapper turns them into ValueErrors when
 // validate=True. A flagged row's float outputs are NaN so that validate=False never hides it.
@@ -41,7 +71,7 @@ enum RowStatus : int {
 };
 
 // Philox stream tags: each noise kind draws from its own counter space.
-enum StreamTag : uint32_t { kTagGumbel = 1, kTagDirichlet = 2, kTagGaussian = 3 };
+enum StreamTag : uint32_t { kTagGumbel = 1, kTagDirichlet = 2, kTagGaussian = 3, kTagWeightGaussian = 4 };
 
 template <typename T>
 SK_HD T sk_min(T a, T b) { return a < b ? a : b; }

@@ -90,6 +90,15 @@ SK_HD T gaussian_noise(int64_t seed, int64_t offset, int64_t d) {
   return n[d & 3];
 }
 
+// The standard normal of token `id` in a row (WeightGaussian noise on the mixture weights).
+template <typename T>
+SK_HD T weight_normal_noise(int64_t seed, int64_t offset, int64_t id) {
+  const U32x4 r = philox_draw(seed, offset, kTagWeightGaussian, static_cast<uint32_t>(id), 0);
+  T n0, n1;
+  normal_pair<T>(r.x, r.y, n0, n1);
+  return n0;
+}
+
 constexpr int kGammaMaxAttempts = 16;
 
 // log of a Gamma(shape, 1) sample for token `id` (Marsaglia-Tsang, with the shape < 1 boost

@@ -161,8 +161,8 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
   T* out_w = weights.data_ptr<T>();
   T* out_h = entropy.data_ptr<T>();
   T* out_pmax = max_prob.data_ptr<T>();
-  const bool gumbel = np.kind == kNoiseGumbel;
-  T* out_noise = gumbel ? noise.data_ptr<T>() : nullptr;
+  const bool has_noise = noise_has_slots(np.kind);
+  T* out_noise = has_noise ? noise.data_ptr<T>() : nullptr;
   int32_t* out_status = status.data_ptr<int32_t>();
   const int64_t B = sh.B, V = sh.V, k = sh.k, D = sh.D;
 
@@ -200,7 +200,7 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
     for (int64_t b = begin; b < end; ++b) {
       int64_t* row_ids = out_ids + b * k;
       T* row_w = out_w + b * k;
-      T* row_noise = gumbel ? out_noise + b * k : nullptr;
+      T* row_noise = has_noise ? out_noise + b * k : nullptr;
       emb_t* row_e = out_e + b * D;
       const RowParams<T> rp = rs.row<T>(b);
       int32_t flag = kStatusOk;
@@ -225,7 +225,7 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
       }
       out_status[b] = flag;
       if (flag != kStatusOk) {
-        poison_row(static_cast<int>(k), gumbel, row_ids, row_w, row_noise);
+        poison_row(static_cast<int>(k), has_noise, row_ids, row_w, row_noise);
         out_h[b] = sk_nan<T>();
         out_pmax[b] = sk_nan<T>();
         for (int64_t d = 0; d < D; ++d) row_e[d] = static_cast<emb_t>(sk_nan<float>());
@@ -238,10 +238,10 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
       }
       out_h[b] = stats_entropy(st);
       out_pmax[b] = stats_max_prob(st);
-      const bool dirichlet = np.kind == kNoiseDirichlet;
+      const bool dirichlet = noise_redraws_support(np.kind);
       const int pool_n = static_cast<int>(row_pool_size(V, k, rp.top_k, dirichlet));
       if (is_hard) {
-        finish_hard_row(pool.data(), pool_n, static_cast<int>(k), hard_id, gumbel, row_ids, row_w,
+        finish_hard_row(pool.data(), pool_n, static_cast<int>(k), hard_id, np.kind, row_ids, row_w,
                         row_noise);
         // Hard rows carry the token's embedding bit for bit.
         std::memcpy(row_e, E + row_ids[0] * sh.emb_stride, sizeof(emb_t) * D);
@@ -282,9 +282,10 @@ SoftEmbedOutputs soft_embed_cpu(SK_SOFT_EMBED_CPP_PARAMS) {
 //   no noise / Gaussian: w = softmax_S(z)           -> dz_i = w_i (c_i - sum_j w_j c_j)
 //   Gumbel:              w = softmax_S((z + n) / tau) -> dz_i = w_i (c_i - sum_j w_j c_j) / tau
 //                        g' = z - logsumexp_S(z) + n  -> dz_i += gn_i - w0_i sum_j gn_j
-//   Dirichlet, hard rows: weights do not depend on the logits.
+//   Dirichlet, hard rows and the other kinds without noise_weights_differentiable: weights are
+//   treated as constants (no logits gradient).
 // with z = logits / T, c_j = <grad_embeds, E[id_j]> + grad_weights_j, and grad_logits = dz / T.
-// grad_embedding[id_j] += w_j * grad_embeds (all rows).
+// grad_embedding[id_j] += w_j * grad_embeds (all rows; w_j may be negative with WeightGaussian).
 template <typename scalar_t, typename emb_t>
 void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights,
                      const OptTensor& grad_noise, const at::Tensor& logits,
@@ -306,7 +307,7 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
   const T* GW = grad_weights ? grad_weights->data_ptr<T>() : nullptr;
   const T* GN = (grad_noise && N) ? grad_noise->data_ptr<T>() : nullptr;
 
-  if (logits_grad && noise_kind != kNoiseDirichlet) {
+  if (logits_grad && noise_weights_differentiable(noise_kind)) {
     scalar_t* GL = grad_logits.data_ptr<scalar_t>();
     at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
       std::vector<T> c(k), w0(k);
@@ -379,7 +380,7 @@ void backward_kernel(const OptTensor& grad_embeds, const OptTensor& grad_weights
         for (int64_t j = 0; j < k; ++j) {
           const T wj = W[b * k + j];
           const int64_t v = I[b * k + j];
-          if (!(wj > T(0)) || v < 0 || v >= Ve) continue;
+          if (!(wj > T(0) || wj < T(0)) || v < 0 || v >= Ve) continue;  // not 0, not NaN
           macc_t* dst = A + v * as;
           const emb_t* g = GE + b * D;
           for (int64_t d = d0; d < d1; ++d)

@@ -171,11 +171,11 @@ __global__ void __launch_bounds__(kBwdThreads)
       M wj;
       if (w_double) {
         const double wd = static_cast<const double*>(W)[pair];
-        if (!(wd > 0.0)) continue;
+        if (!(wd > 0.0 || wd < 0.0)) continue;  // not 0, not NaN (WeightGaussian: < 0)
         wj = static_cast<M>(wd);
       } else {
         const float wf = static_cast<const float*>(W)[pair];
-        if (!(wf > 0.f)) continue;
+        if (!(wf > 0.f || wf < 0.f)) continue;
         wj = static_cast<M>(wf);
       }
       acc += wj * load_scalar<E>(GE + (pair / k) * D + d);
@@ -215,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(SK_SOFT_EMBED_BACKWA
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool gumbel = noise_kind == kNoiseGumbel;
 
-  if (logits_grad && noise_kind != kNoiseDirichlet) {
+  if (logits_grad && noise_weights_differentiable(static_cast<int>(noise_kind))) {
     BwdLogitsArgs a{};
     a.logits = logits.data_ptr();
     a.ls = row_stride(logits);

@@ -775,6 +775,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int S = a.S, k = a.k;
   const bool gumbel = a.np.kind == kNoiseGumbel;
+  const bool has_noise = noise_has_slots(a.np.kind);
   const bool is_hard = a.hard != nullptr && a.hard[b];
   const int64_t hard_id = (is_hard && a.hard_ids != nullptr) ? a.hard_ids[b] : -1;  // -1: argmax
   int* misc = sm.misc;
@@ -838,14 +839,14 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
   const RowStats<T> st = sm.red[0];
   int64_t* out_ids = a.ids + b * k;
   T* out_w = static_cast<T*>(a.weights) + b * k;
-  T* out_noise = gumbel ? static_cast<T*>(a.noise) + b * k : nullptr;
+  T* out_noise = has_noise ? static_cast<T*>(a.noise) + b * k : nullptr;
 
   if (flag != kStatusOk) {  // uniform
     if (tid == 0) SK_EMU_COUNT("epi.flagged");
     for (int j = tid; j < k; j += kThreads) {
       out_ids[j] = 0;
       out_w[j] = sk_nan<T>();
-      if (gumbel) out_noise[j] = sk_nan<T>();
+      if (has_noise) out_noise[j] = sk_nan<T>();
     }
     if (tid == 0) {
       a.status[b] = flag;
@@ -860,7 +861,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
   }
 
   if (S > 1) merge_pool<T>(a, b, P_row, ms, sm);  // ends with a barrier
-  const bool dirichlet = a.np.kind == kNoiseDirichlet;
+  const bool dirichlet = noise_redraws_support(a.np.kind);
   // The mixture will read the rows of (a subset of) the first k pool tokens: start bringing them
   // into L2 now, while the filters run.
   if (!is_hard && !dirichlet && warp == kWarps - 1) {
@@ -872,7 +873,10 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
     }
   }
 
-  const bool warp_path = !is_hard && !dirichlet && (!gumbel || k <= 32);  // uniform
+  // The warp epilogue knows no noise, Gaussian (on the embedding) and Gumbel with k <= 32; the
+  // other kinds run finish_row on one thread.
+  const bool warp_kind = a.np.kind == kNoiseNone || a.np.kind == kNoiseGaussian || gumbel;
+  const bool warp_path = !is_hard && warp_kind && (!gumbel || k <= 32);  // uniform
   if (tid == 0) {
     SK_EMU_COUNT(is_hard     ? "epi.hard"
                  : warp_path ? (gumbel ? "epi.warp_gumbel" : "epi.warp")
@@ -906,7 +910,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
       static_cast<T*>(a.max_prob)[b] = stats_max_prob(st);
       int nnz = 0;
       if (is_hard) {
-        finish_hard_row(sm.pool, P_row, k, hard_id, gumbel, sm.oid, sm.ow, sm.on);
+        finish_hard_row(sm.pool, P_row, k, hard_id, a.np.kind, sm.oid, sm.ow, sm.on);
       } else {
         const RowScratch<T> sc{sm.e, sm.key, sm.order, sm.taken, true, misc[kMiscN0]};
         finish_row(sm.pool, P_row, k, a.V, st, rp, a.np, sc, sm.oid, sm.ow, sm.on);
@@ -922,7 +926,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
   for (int j = tid; j < k; j += kThreads) {
     out_ids[j] = sm.oid[j];
     out_w[j] = sm.ow[j];
-    if (gumbel) out_noise[j] = sm.on[j];
+    if (has_noise) out_noise[j] = sm.on[j];
   }
   const int nnz = misc[kMiscNnz];
   dispatch_emb(a.emb_tag, [&](auto* tag) {
@@ -957,7 +961,7 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
   if (fast) load_raw<scalar_t>(xs, raw);
 
   const RowParams<T> rp = a.rs.row<T>(b);
-  const int64_t prow = row_pool_size(a.V, a.k, rp.top_k, a.np.kind == kNoiseDirichlet);
+  const int64_t prow = row_pool_size(a.V, a.k, rp.top_k, noise_redraws_support(a.np.kind));
   // Per-row tensors are checked here (validate=False must not trust them); a pool larger than the
   // workspace is refused too (only reachable by calling the raw op with an inconsistent pool).
   const bool params_ok =

@@ -77,7 +77,7 @@ inline FwdArgs make_fwd_args(const at::Tensor& logits, const at::Tensor& embeddi
   a.weights = weights.data_ptr();
   a.entropy = entropy.data_ptr();
   a.max_prob = max_prob.data_ptr();
-  a.noise = np.kind == kNoiseGumbel ? noise.data_ptr() : nullptr;
+  a.noise = noise_has_slots(np.kind) ? noise.data_ptr() : nullptr;
   a.status = status.data_ptr<int32_t>();
   a.ws_stats = ws + plan.off_stats;
   a.ws_z = ws + plan.off_z;

@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from typing import Callable, Optional, Union
 
-from .._checks import I64_MAX, I64_MIN, float_arg, int_arg
+from .._checks import I64_MAX, I64_MIN, bool_arg, float_arg, int_arg
 from .._checks import MAX_K as _KERNEL_MAX_K
-from ..noise import Dirichlet, Gaussian, Gumbel, Noise
+from ..noise import Noise, noise_kind
 
 __all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "IterateHard", "MAX_K"]
 
@@ -40,13 +40,27 @@ class ColdStop:
     forced to the think-end token (or, without one, the row switches to hard decoding).
 
     Args:
-        entropy_threshold: threshold in nats (>= 0). Default 0.01, Soft Thinking's value.
+        entropy_threshold: threshold in nats (>= 0), or, with ``normalized=True``, in units of
+            ln V. Default 0.01, Soft Thinking's value.
         patience: consecutive low-entropy thinking steps that trigger the stop (>= 1).
             Default 256, Soft Thinking's value.
+        answer_abort: also count in the answer phase, as Soft Thinking's released code does: the
+            counter restarts at 0 when thinking ends and, once ``patience`` consecutive answer
+            steps had entropy below the threshold, the row's next token is forced to the
+            end-of-sequence token (the generation config's ``eos_token_id``; vLLM: the request's
+            EOS), which finishes it. Their engine instead appends that next sampled token and
+            then aborts the request: the outputs differ in that last token only
+            (docs/fidelity.md). Default False.
+        normalized: compare ``entropy / ln V`` with the threshold (V: the width of the step's
+            scores, the model's padded vocabulary), as Randomized Soft Thinking's code does; the
+            rule is applied as ``entropy < threshold * ln V``, which differs from their division
+            only by rounding at the boundary. Default False.
     """
 
     entropy_threshold: float = 0.01
     patience: int = 256
+    answer_abort: bool = False
+    normalized: bool = False
 
     def __post_init__(self):
         object.__setattr__(self, "entropy_threshold", _float(
@@ -54,6 +68,8 @@ class ColdStop:
             lo_open=False, hi_open=True))
         object.__setattr__(self, "patience", _int("ColdStop", "patience", self.patience, 1,
                                                   2 ** 31 - 1))
+        for name in ("answer_abort", "normalized"):
+            bool_arg(f"ColdStop.{name}", getattr(self, name))
 
 
 @dataclass(frozen=True)
@@ -158,9 +174,11 @@ class SoftThinkingConfig:
             a row's 1024 most likely tokens). Default 30.
         top_p: nucleus filter in (0, 1]; 1 switches it off. Default 0.95.
         min_p: drop tokens with p < min_p * max p, in [0, 1); 0 switches it off. Default 0.001.
-        noise: None, :class:`softkernels.Gumbel`, :class:`softkernels.Dirichlet` or
-            :class:`softkernels.Gaussian` (sigma relative to the RMS of the input embedding
-            matrix when ``relative=True``, resolved once per ``generate`` call). Default None.
+        noise: None or any noise :func:`softkernels.soft_embed` accepts
+            (``softkernels.noise.NOISE_CLASSES``: Gumbel, Dirichlet, Gaussian, TopKDirichlet,
+            WeightGaussian, DirichletGumbel); a :class:`softkernels.Gaussian` sigma is relative to
+            the RMS of the input embedding matrix when ``relative=True``, resolved once per
+            ``generate`` call. Default None.
         think_end: the token that ends thinking: a token id (int >= 0), a string that the
             tokenizer maps to exactly one token (e.g. ``"</think>"``; pass ``tokenizer=`` to
             ``patch``, or to ``generate`` along with a per-call ``soft_thinking=`` config), or
@@ -206,10 +224,12 @@ class SoftThinkingConfig:
                                                  lo_open=True, hi_open=False))
         object.__setattr__(self, "min_p", _float(c, "min_p", self.min_p, lo=0.0, hi=1.0,
                                                  lo_open=False, hi_open=True))
-        if self.noise is not None and not isinstance(self.noise, (Gumbel, Dirichlet, Gaussian)):
-            raise TypeError(f"{c}.noise must be None, softkernels.Gumbel(...), "
-                            f"softkernels.Dirichlet(...) or softkernels.Gaussian(...), got "
-                            f"{type(self.noise).__name__} {self.noise!r}")
+        try:
+            noise_kind(self.noise)  # every noise soft_embed accepts
+        except TypeError:
+            raise TypeError(f"{c}.noise must be None or a softkernels noise (Gumbel, Dirichlet, "
+                            f"Gaussian, TopKDirichlet, WeightGaussian, DirichletGumbel), got "
+                            f"{type(self.noise).__name__} {self.noise!r}") from None
         te = self.think_end
         if te is not None:
             if isinstance(te, str):

@@ -391,7 +391,10 @@ def _soft_generate(self, *args, soft_thinking=None, **kwargs):
     use_cache = gc.use_cache is not False
     record = bool(gc.return_dict_in_generate)
 
-    state = _CallState(config, think_end_id, emb, _embed_scale(emb), use_cache, record)
+    eos = gc.eos_token_id
+    eos = eos[0] if isinstance(eos, (list, tuple)) and eos else eos
+    state = _CallState(config, think_end_id, emb, _embed_scale(emb), use_cache, record,
+                       None if isinstance(eos, (list, tuple)) else eos)
     processors = _logits_processor_list(arguments.get("logits_processor"))
     processors.append(_SoftThinkingProcessor(state))
     arguments["logits_processor"] = processors
@@ -526,7 +529,7 @@ class _CallState:
     """Per-generate-call state shared by the logits processor and the forward wrapper."""
 
     def __init__(self, config: SoftThinkingConfig, think_end_id, emb: nn.Embedding, scale,
-                 use_cache: bool, record: bool):
+                 use_cache: bool, record: bool, eos_id=None):
         self.config = config
         self.think_end_id = think_end_id
         self.emb = emb
@@ -534,7 +537,7 @@ class _CallState:
         self.iterator = None
         self.scale = None if scale is None else scale.to(device=emb.weight.device,
                                                          dtype=emb.weight.dtype)
-        self.step_config = policy.StepConfig.resolve(config, think_end_id, emb.weight)
+        self.step_config = policy.StepConfig.resolve(config, think_end_id, emb.weight, eos_id)
         self.use_cache = use_cache
         self.record = record
         if config.seed is None:

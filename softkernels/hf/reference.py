@@ -104,7 +104,7 @@ def generate_reference(model, input_ids: torch.Tensor, attention_mask: Optional[
     te = config.think_end if isinstance(config.think_end, int) else None
     if isinstance(config.think_end, str):
         raise ValueError("generate_reference: pass think_end as a token id")
-    step_cfg = policy.StepConfig.resolve(config, te, E)
+    step_cfg = policy.StepConfig.resolve(config, te, E, eos)
 
     B, P = input_ids.shape
     dev = input_ids.device

@@ -254,18 +254,22 @@ class SoftThinking:
         self.weight = weight
         self.scale = _embed_scale(model, emb, weight, self.tp)
 
-    def _step_config(self, cfg) -> policy.StepConfig:
+    def _step_config(self, cfg, eos_id=None) -> policy.StepConfig:
         # A relative Gaussian sigma needs RMS(E) over the whole table: with tensor parallelism
         # each rank holds a shard, so the front end requires absolute sigma there (engine check).
-        sc = self.configs.get(cfg)
+        # The EOS token only matters to ColdStop(answer_abort=True): it finishes the request.
+        if cfg.cold_stop is None or not cfg.cold_stop.answer_abort:
+            eos_id = None
+        key = (cfg, eos_id)
+        sc = self.configs.get(key)
         if sc is None:
             te = cfg.think_end if isinstance(cfg.think_end, int) else None
             resolved = cfg
             if isinstance(cfg.noise, Gaussian) and cfg.noise.relative and self.tp > 1:
                 resolved = dataclasses.replace(cfg, noise=Gaussian(
                     cfg.noise.sigma * self._sharded_rms(), relative=False))
-            sc = policy.StepConfig.resolve(resolved, te, self.weight)
-            self.configs[cfg] = sc
+            sc = policy.StepConfig.resolve(resolved, te, self.weight, eos_id)
+            self.configs[key] = sc
         return sc
 
     def _sharded_rms(self) -> float:
@@ -384,8 +388,8 @@ class SoftThinking:
         if not getattr(sp, "ignore_eos", False):
             stop = set(getattr(sp, "all_stop_token_ids", None) or ())
         key = policy.row_seed(seed, _args.row_of(sp.extra_args))
-        req = _Req(rid, self._step_config(cfg), key, req_state.num_prompt_tokens, stop,
-                   sp.max_tokens)
+        req = _Req(rid, self._step_config(cfg, getattr(sp, "eos_token_id", None)), key,
+                   req_state.num_prompt_tokens, stop, sp.max_tokens)
         self.live[rid] = req
         return req
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Union
 
 from ..hf.config import ColdStop, ConfidenceRouter, SoftThinkingConfig
-from ..noise import Dirichlet, Gaussian, Gumbel
+from ..noise import Dirichlet, DirichletGumbel, Gaussian, Gumbel, TopKDirichlet, WeightGaussian
 
 __all__ = ["KEY", "ROW", "request_args", "config_from_args", "row_of"]
 
@@ -26,7 +26,9 @@ ROW = _P + "row"
 # Every key this module writes or reads (anything else with the prefix is refused).
 _FIELDS = ("k", "temperature", "top_k", "top_p", "min_p", "noise", "noise_tau", "noise_scale",
            "noise_clamp_lo", "noise_clamp_hi", "noise_alpha", "noise_sigma", "noise_relative",
-           "think_end", "cold_stop_entropy", "cold_stop_patience", "router_threshold",
+           "noise_gprime",
+           "think_end", "cold_stop_entropy", "cold_stop_patience", "cold_stop_answer_abort",
+           "cold_stop_normalized", "router_threshold",
            "max_think_tokens", "seed", "row")
 
 
@@ -63,12 +65,22 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
                            _P + "top_k": config.top_k, _P + "top_p": config.top_p,
                            _P + "min_p": config.min_p}
     noise = config.noise
-    if isinstance(noise, Gumbel):
-        out[_P + "noise"] = "gumbel"
+    if isinstance(noise, (Gumbel, DirichletGumbel)):
+        out[_P + "noise"] = "gumbel" if isinstance(noise, Gumbel) else "dirichlet_gumbel"
         out[_P + "noise_tau"] = noise.tau
         out[_P + "noise_scale"] = noise.scale
         if noise.clamp is not None:
             out[_P + "noise_clamp_lo"], out[_P + "noise_clamp_hi"] = noise.clamp
+        if isinstance(noise, DirichletGumbel):
+            out[_P + "noise_alpha"] = noise.alpha
+        elif noise.gprime != "softkernels":
+            out[_P + "noise_gprime"] = noise.gprime
+    elif isinstance(noise, TopKDirichlet):
+        out[_P + "noise"] = "topk_dirichlet"
+        out[_P + "noise_alpha"] = noise.alpha
+    elif isinstance(noise, WeightGaussian):
+        out[_P + "noise"] = "weight_gaussian"
+        out[_P + "noise_sigma"] = noise.sigma
     elif isinstance(noise, Dirichlet):
         out[_P + "noise"] = "dirichlet"
         out[_P + "noise_alpha"] = noise.alpha
@@ -81,6 +93,10 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
     if config.cold_stop is not None:
         out[_P + "cold_stop_entropy"] = config.cold_stop.entropy_threshold
         out[_P + "cold_stop_patience"] = config.cold_stop.patience
+        if config.cold_stop.answer_abort:
+            out[_P + "cold_stop_answer_abort"] = 1
+        if config.cold_stop.normalized:
+            out[_P + "cold_stop_normalized"] = 1
     if config.router is not None:
         out[_P + "router_threshold"] = config.router.threshold
     if config.max_think_tokens is not None:
@@ -119,6 +135,17 @@ def _float(args: Mapping[str, Any], key: str) -> float:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         raise TypeError(f"extra_args[{key!r}] must be a number, got {type(v).__name__} {v!r}")
     return float(v)
+
+
+def _flag(args: Mapping[str, Any], name: str) -> bool:
+    """An optional 0/1 key (absent = False)."""
+    key = _P + name
+    if key not in args:
+        return False
+    v = _int(args, key)
+    if v not in (0, 1):
+        raise ValueError(f"extra_args[{key!r}] must be 0 or 1, got {v!r}")
+    return bool(v)
 
 
 def config_from_args(extra_args: Optional[Mapping[str, Any]],
@@ -160,16 +187,29 @@ def config_from_args(extra_args: Optional[Mapping[str, Any]],
         if has(name):
             kw[name] = _float(args, _P + name)
     kind = args.get(_P + "noise")
-    if kind == "gumbel":
+    if kind in ("gumbel", "dirichlet_gumbel"):
         lo_hi = (has("noise_clamp_lo"), has("noise_clamp_hi"))
         if lo_hi[0] != lo_hi[1]:
             raise ValueError("extra_args: give both softkernels_noise_clamp_lo and "
                              "softkernels_noise_clamp_hi, or neither (no clamp)")
-        kw["noise"] = Gumbel(
+        gkw = dict(
             tau=_float(args, _P + "noise_tau") if has("noise_tau") else 0.5,
             scale=_float(args, _P + "noise_scale") if has("noise_scale") else 1.0,
             clamp=(_float(args, _P + "noise_clamp_lo"), _float(args, _P + "noise_clamp_hi"))
             if lo_hi[0] else None)
+        if kind == "gumbel":
+            if has("noise_gprime"):
+                gkw["gprime"] = args[_P + "noise_gprime"]
+            kw["noise"] = Gumbel(**gkw)
+        else:
+            kw["noise"] = DirichletGumbel(
+                alpha=_float(args, _P + "noise_alpha") if has("noise_alpha") else 4.0, **gkw)
+    elif kind == "topk_dirichlet":
+        kw["noise"] = TopKDirichlet(alpha=_float(args, _P + "noise_alpha")
+                                    if has("noise_alpha") else 1.0)
+    elif kind == "weight_gaussian":
+        kw["noise"] = WeightGaussian(sigma=_float(args, _P + "noise_sigma")
+                                     if has("noise_sigma") else 0.05)
     elif kind == "dirichlet":
         kw["noise"] = Dirichlet(alpha=_float(args, _P + "noise_alpha")
                                 if has("noise_alpha") else 4.0)
@@ -178,17 +218,21 @@ def config_from_args(extra_args: Optional[Mapping[str, Any]],
             sigma=_float(args, _P + "noise_sigma") if has("noise_sigma") else 0.33,
             relative=bool(_int(args, _P + "noise_relative")) if has("noise_relative") else True)
     elif kind is not None:
-        raise ValueError(f"extra_args['softkernels_noise'] must be 'gumbel', 'dirichlet' or "
-                         f"'gaussian', got {kind!r}")
+        raise ValueError(f"extra_args['softkernels_noise'] must be 'gumbel', 'dirichlet', "
+                         f"'gaussian', 'topk_dirichlet', 'weight_gaussian' or "
+                         f"'dirichlet_gumbel', got {kind!r}")
     if has("think_end"):
         te = args[_P + "think_end"]
         kw["think_end"] = te if isinstance(te, str) and not te.lstrip("-").isdigit() \
             else _int(args, _P + "think_end")
-    if has("cold_stop_entropy") or has("cold_stop_patience"):
+    if any(has(n) for n in ("cold_stop_entropy", "cold_stop_patience", "cold_stop_answer_abort",
+                            "cold_stop_normalized")):
         kw["cold_stop"] = ColdStop(
             entropy_threshold=_float(args, _P + "cold_stop_entropy")
             if has("cold_stop_entropy") else 0.01,
-            patience=_int(args, _P + "cold_stop_patience") if has("cold_stop_patience") else 256)
+            patience=_int(args, _P + "cold_stop_patience") if has("cold_stop_patience") else 256,
+            answer_abort=_flag(args, "cold_stop_answer_abort"),
+            normalized=_flag(args, "cold_stop_normalized"))
     if has("router_threshold"):
         kw["router"] = ConfidenceRouter(_float(args, _P + "router_threshold"))
     if has("max_think_tokens"):

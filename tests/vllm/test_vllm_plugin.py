@@ -189,6 +189,25 @@ def test_routing_rules_equal_hf(llm, hf, rule):
             assert (tv.mode[0] == 0).any() or (tv.max_prob[0] >= 0.5).all()
 
 
+def test_cold_stop_answer_abort_equals_hf(llm, hf):
+    """ColdStop(answer_abort=True): Soft Thinking's counter keeps running after thinking and the
+    request is finished (EOS forced through the logits processor) after `patience` low-entropy
+    answer steps, as in the Hugging Face layer."""
+    te = _think_end(hf[1])
+    cfg = sk.SoftThinkingConfig(k=4, think_end=te, cold_stop=sk.ColdStop(
+        entropy_threshold=8.0, patience=3, answer_abort=True))
+    outs = llm.generate(PROMPTS[:2], _sp(cfg), use_tqdm=False)
+    eos = hf[0].generation_config.eos_token_id
+    eos = set(eos if isinstance(eos, list) else [eos])
+    for prompt, o in zip(PROMPTS[:2], outs):
+        seq, th, T = _hf(hf, prompt, cfg)
+        got = list(o.outputs[0].token_ids)
+        # Thinking ends at step 2 (Cold Stop), answer steps 3-5 are low: EOS at step 6.
+        assert seq[2] == te and T == 7 and seq[6] in eos
+        assert got == seq and o.outputs[0].finish_reason == "stop"
+    skv.pop_traces(llm, [o.request_id for o in outs])
+
+
 def test_think_end_string_resolved_with_engine_tokenizer(llm, hf):
     tok = hf[1]
     cfg = sk.SoftThinkingConfig(k=4, think_end="<|im_end|>", max_think_tokens=3)
