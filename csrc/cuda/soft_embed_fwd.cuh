@@ -811,7 +811,8 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
   // The warp epilogue knows no noise, Gaussian (on the embedding) and Gumbel with k <= 32; the
   // other kinds run finish_row on one thread.
   const bool warp_kind = a.np.kind == kNoiseNone || a.np.kind == kNoiseGaussian || gumbel;
-  const bool warp_path = !is_hard && warp_kind && (!gumbel || k <= 32);  // uniform
+  // keep_ties (one value per call) extends the cuts: finish_row's loops, not the warp ballots.
+  const bool warp_path = !is_hard && warp_kind && !rp.keep_ties && (!gumbel || k <= 32);
   if (tid == 0) {
     SK_EMU_COUNT(is_hard     ? "epi.hard"
                  : warp_path ? (gumbel ? "epi.warp_gumbel" : "epi.warp")
@@ -896,7 +897,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
   if (fast) load_raw<scalar_t>(xs, raw);
 
   const RowParams<T> rp = a.rs.row<T>(b);
-  const int64_t prow = row_pool_size(a.V, a.k, rp.top_k, noise_redraws_support(a.np.kind));
+  const int64_t prow =
+      row_pool_size(a.V, a.k, rp.top_k, noise_redraws_support(a.np.kind), rp.keep_ties);
   // Per-row tensors are checked here (validate=False must not trust them); a pool larger than the
   // workspace is refused too (only reachable by calling the raw op with an inconsistent pool).
   const bool params_ok =
