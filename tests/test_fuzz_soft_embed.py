@@ -99,6 +99,7 @@ BAD = [
     ("offset", [2 ** 63, "0", torch.zeros(2, dtype=torch.int64)]),
     ("noise", ["gumbel", 3, object()]),
     ("validate", [1, None, "yes"]),
+    ("ties", ["all", 1, None, "EXACT"]),
     ("hard", [torch.ones(B), torch.ones(B + 1, dtype=torch.bool), [True] * B]),
     ("logits", [[[1.0]], torch.randn(V), torch.randint(0, 5, (B, V)), torch.randn(B, 0)]),
     ("embedding", [torch.randn(V - 1, D), torch.randn(V), torch.randn(V, D).to(torch.int32)]),
