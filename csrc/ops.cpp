@@ -29,6 +29,8 @@ const IntConstant kIntConstants[] = {
     {"NOISE_GUMBEL", softkernels::kNoiseGumbel},
     {"NOISE_DIRICHLET", softkernels::kNoiseDirichlet},
     {"NOISE_GAUSSIAN", softkernels::kNoiseGaussian},
+    {"TIES_EXACT", softkernels::kTiesExact},
+    {"TIES_KEEP_ALL", softkernels::kTiesKeepAll},
     {"NOISE_TOPK_DIRICHLET", softkernels::kNoiseTopKDirichlet},
     {"NOISE_WEIGHT_GAUSSIAN", softkernels::kNoiseWeightGaussian},
     {"NOISE_DIRICHLET_GUMBEL", softkernels::kNoiseDirichletGumbel},

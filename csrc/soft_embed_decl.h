@@ -7,7 +7,9 @@
 //
 // SK_SOFT_EMBED_PARAMS(FIRST, NEXT) expands FIRST(type, name) for the first parameter and
 // NEXT(type, name) for each further one (NEXT adds the separating comma). Types: Tensor,
-// OptTensor (Tensor?), Int (int64), Float (double), Bool. soft_embed_backward has its own table.
+// OptTensor (Tensor?), Int (int64), Float (double), Bool, and IntZero (int64 with the schema
+// default 0, for parameters added after callers existed: positional calls may leave them out).
+// soft_embed_backward has its own table.
 #pragma once
 
 #define SK_SOFT_EMBED_PARAMS(FIRST, NEXT)                                                       \
@@ -17,7 +19,7 @@
   NEXT(OptTensor, min_p_rows) NEXT(OptTensor, seed_rows) NEXT(OptTensor, offset_rows)            \
   NEXT(OptTensor, hard) NEXT(OptTensor, hard_ids) NEXT(Int, noise_kind) NEXT(Float, tau)          \
   NEXT(Float, scale) NEXT(Float, clamp_lo) NEXT(Float, clamp_hi) NEXT(Float, alpha)               \
-  NEXT(Float, sigma) NEXT(Int, pool)
+  NEXT(Float, sigma) NEXT(Int, pool) NEXT(IntZero, ties)
 
 #define SK_SOFT_EMBED_RETURNS                                                                   \
   "(Tensor embeds, Tensor ids, Tensor weights, Tensor entropy, Tensor max_prob, Tensor noise, " \
@@ -39,8 +41,15 @@
 #define SK_SCHEMA_Int "int"
 #define SK_SCHEMA_Float "float"
 #define SK_SCHEMA_Bool "bool"
-#define SK_SCHEMA_FIRST(T, name) SK_SCHEMA_##T " " #name
-#define SK_SCHEMA_NEXT(T, name) ", " SK_SCHEMA_##T " " #name
+#define SK_SCHEMA_IntZero "int"
+#define SK_DEFAULT_Tensor ""
+#define SK_DEFAULT_OptTensor ""
+#define SK_DEFAULT_Int ""
+#define SK_DEFAULT_Float ""
+#define SK_DEFAULT_Bool ""
+#define SK_DEFAULT_IntZero "=0"
+#define SK_SCHEMA_FIRST(T, name) SK_SCHEMA_##T " " #name SK_DEFAULT_##T
+#define SK_SCHEMA_NEXT(T, name) ", " SK_SCHEMA_##T " " #name SK_DEFAULT_##T
 
 // "soft_embed(Tensor logits, ...) -> (...)"
 #define SK_SOFT_EMBED_SCHEMA(opname)                                                            \
@@ -62,6 +71,7 @@
 #define SK_CPP_Int int64_t
 #define SK_CPP_Float double
 #define SK_CPP_Bool bool
+#define SK_CPP_IntZero int64_t
 #define SK_PARAM_FIRST(T, name) SK_CPP_##T name
 #define SK_PARAM_NEXT(T, name) , SK_CPP_##T name
 #define SK_ARG_FIRST(T, name) name

@@ -110,6 +110,7 @@ inline RowParamSource make_row_source(const at::Tensor& logits, double temperatu
   r.min_p = min_p;
   r.seed = seed;
   r.offset = offset;
+  r.keep_ties = false;
   r.temperature_rows = temperature_rows ? temperature_rows->data_ptr<double>() : nullptr;
   r.top_k_rows = top_k_rows ? top_k_rows->data_ptr<int64_t>() : nullptr;
   r.top_p_rows = top_p_rows ? top_p_rows->data_ptr<double>() : nullptr;
@@ -169,6 +170,8 @@ inline SoftEmbedCall prepare_soft_embed(SK_SOFT_EMBED_CPP_PARAMS) {
                          temperature_rows, top_k_rows, top_p_rows, min_p_rows, seed_rows,
                          offset_rows);
   c.np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
+  TORCH_CHECK(ties == kTiesExact || ties == kTiesKeepAll, "softkernels: bad ties rule ", ties);
+  c.rs.keep_ties = ties == kTiesKeepAll;
   check_hard(hard, hard_ids, logits);
   c.hard = hard ? hard->data_ptr<bool>() : nullptr;
   c.hard_ids = hard_ids ? hard_ids->data_ptr<int64_t>() : nullptr;
@@ -183,7 +186,7 @@ inline SoftEmbedCall prepare_soft_embed(SK_SOFT_EMBED_CPP_PARAMS) {
     TORCH_CHECK(ok, "softkernels: scalar parameters out of range or needing a candidate pool "
                 "larger than pool = ", pool, ": temperature = ", temperature, ", top_k = ", top_k,
                 ", top_p = ", top_p, ", min_p = ", min_p, " (needed pool ",
-                row_pool_size(c.sh.V, k, top_k, noise_redraws_support(c.np.kind)), ")");
+                row_pool_size(c.sh.V, k, top_k, noise_redraws_support(c.np.kind), c.rs.keep_ties), ")");
   }
   return c;
 }

@@ -118,8 +118,8 @@ def mix_embeddings(
         weights: float tensor shaped like ``ids`` (float32 or float64 are used as they are; bfloat16
             / float16 are widened to float32, which is exact). Not renormalised.
         noise: the rollout's noise. Only :class:`Gaussian` adds anything here (relative sigma is
-            resolved against ``embedding``, as soft_embed does); Gumbel and Dirichlet noise act on
-            the weights, which already carry them, and are accepted as no-ops. None: no noise.
+            resolved against ``embedding``, as soft_embed does); the other kinds act on the
+            weights, which already carry them, and are accepted as no-ops. None: no noise.
         seed, offset: int, or an integer tensor of the leading shape (one key per mixed row): the
             Philox key of the Gaussian noise (as passed to soft_embed for that row).
         validate: raise ValueError when a weighted slot's id is outside [0, V_e) (a host sync).

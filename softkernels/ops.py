@@ -20,7 +20,10 @@ from .noise import (NOISE_DIRICHLET, NOISE_DIRICHLET_GUMBEL, NOISE_GUMBEL, NOISE
                     Gaussian, Noise, noise_constants, noise_kind)
 from .soft_tokens import SoftTokens
 
-__all__ = ["soft_embed", "MAX_K", "MAX_POOL"]
+__all__ = ["soft_embed", "MAX_K", "MAX_POOL", "TIES"]
+
+# soft_embed(ties=...): name -> the kernels' code (csrc/common/macros.h TiesRule).
+TIES = {"exact": _C.TIES_EXACT, "keep_all": _C.TIES_KEEP_ALL}
 
 _I64_MIN, _I64_MAX = I64_MIN, I64_MAX
 
@@ -118,14 +121,15 @@ refuse_double_backward("soft_embed_backward", "soft_embed")
 # --------------------------------------------------------------------------------------------
 # Public function.
 
-def _row_pool_size(V: int, k: int, top_k, dirichlet: bool):
+def _row_pool_size(V: int, k: int, top_k, dirichlet: bool, keep_ties: bool = False):
     """Candidate pool a row needs (csrc/common/filters.h row_pool_size); works on ints or tensors."""
+    lo = max(k, min(V, MAX_POOL)) if keep_ties else k  # keep_ties: room for ties past top_k
     if isinstance(top_k, torch.Tensor):
         on = (top_k > 0) & (top_k < V)
         other = V if dirichlet else k
-        return torch.where(on, top_k.clamp(min=k), torch.full_like(top_k, other)).clamp(max=V)
+        return torch.where(on, top_k.clamp(min=lo), torch.full_like(top_k, other)).clamp(max=V)
     if 0 < top_k < V:
-        return min(max(k, top_k), V)
+        return min(max(lo, top_k), V)
     return min(V if dirichlet else k, V)
 
 
@@ -178,7 +182,7 @@ def soft_embed(
     logits: torch.Tensor,
     embedding: torch.Tensor,
     *,
-    k: int,
+    k: Optional[int],
     temperature: Union[float, torch.Tensor] = 1.0,
     top_k: Union[int, torch.Tensor] = 0,
     top_p: Union[float, torch.Tensor] = 1.0,
@@ -189,6 +193,7 @@ def soft_embed(
     hard: Optional[torch.Tensor] = None,
     hard_ids: Optional[torch.Tensor] = None,
     validate: bool = True,
+    ties: str = "exact",
 ) -> SoftTokens:
     """Soft tokens from logits in one fused pass: softmax, filters, noise, embedding mixture.
 
@@ -203,7 +208,10 @@ def soft_embed(
         logits: [B, V] float32 / bfloat16 / float16 (float64 for gradcheck). -inf marks a masked
             token.
         embedding: [V_e, D] with V_e >= V, on the logits' device (any of the same dtypes).
-        k: mixture width, 1 <= k <= min(V, 1024).
+        k: mixture width, 1 <= k <= V; None means V (the whole vocabulary, as Soft Tokens, Hard
+            Truths mixes). k <= 1024 runs the fused kernel; k > 1024 runs the full-vocabulary
+            path (softkernels/full_vocab.py: ATen ops over all V tokens, k must then be V, noise
+            None or Gaussian; filters and ties as here).
         temperature: > 0; a number or a [B] tensor of per-row values.
         top_k: 0 (off) or >= 1; a number or a [B] tensor. top_k >= V keeps everything (off).
             Between 1024 and V it is refused: all filtering happens inside a row's 1024 most
@@ -216,6 +224,15 @@ def soft_embed(
             Use a new offset per decoding step.
         hard: optional bool [B]: rows that take a discrete token instead of a mixture.
         hard_ids: optional int64 [B]: the token of each hard row (default: the row's argmax).
+        ties: how the top_k and top_p cuts treat tokens whose probability equals the last kept
+            one's. ``"exact"`` (default): exactly top_k tokens / the shortest top_p prefix, equal
+            ones by the lower id. ``"keep_all"``: every token tied with the last kept one stays,
+            as FlashInfer's top_k / top_p renorm does (flashinfer-ai/flashinfer@fb28d72,
+            include/flashinfer/topk.cuh:1918-1980 keeps ``p >= pivot``; sampling.cuh:1741-1838
+            keeps ``p > low`` with ``sum(p > low) >= top_p``), which the released Soft Thinking,
+            RST and SofT-GRPO samplers use. Ties are equal float32 (float64) probabilities; with
+            top_k on, those past a row's 1024 most likely tokens are cut. min_p keeps ties either
+            way.
         validate: check the data (NaN / +inf logits, all -inf rows, per-row tensor ranges) and
             raise ValueError naming the first bad row. This reads values back to the host; pass
             False inside CUDA graphs (bad rows then come back as NaN). Under torch.compile the data
@@ -242,9 +259,22 @@ def soft_embed(
     if Ve < V:
         raise ValueError(f"{fn}: embedding has {Ve} rows but logits have V = {V} columns; "
                          "need V_e >= V")
-    k = check_int(fn, "k", k, 1, min(V, MAX_K))
+    if k is None:
+        k = V
+    k = check_int(fn, "k", k, 1, V)
+    full = k > MAX_K
+    if full and k != V:
+        raise ValueError(f"{fn}: k = {k} is above the fused kernel's {MAX_K} slots but below "
+                         f"V = {V}; use k <= {MAX_K}, or k = V / None for the full-vocabulary "
+                         "mixture")
     kind = noise_kind(noise)
+    if full and noise is not None and not isinstance(noise, Gaussian):
+        raise ValueError(f"{fn}: the full-vocabulary mixture (k = V = {V} > {MAX_K}) takes noise "
+                         f"None or Gaussian(...), got {type(noise).__name__}")
     check_bool(fn, "validate", validate)
+    if not isinstance(ties, str) or ties not in TIES:
+        raise ValueError(f"{fn}: ties must be one of {tuple(TIES)}, got {ties!r}")
+    keep_ties = ties == "keep_all"
     check_data = validate and not skip_data_checks(logits, embedding)
 
     # The kernels compute in float32 (float64 for float64 logits): ranges are checked on the
@@ -269,8 +299,10 @@ def soft_embed(
 
     # Candidate pool: the filters run inside each row's P most likely tokens (P <= 1024).
     dirichlet = kind in (NOISE_DIRICHLET, NOISE_DIRICHLET_GUMBEL)  # they redraw the support
-    if top_k_t is None:
-        pool = _row_pool_size(V, k, top_k_s, dirichlet)
+    if full:
+        pool = k  # unused: the full-vocabulary path keeps every token
+    elif top_k_t is None:
+        pool = _row_pool_size(V, k, top_k_s, dirichlet, keep_ties)
         if pool > MAX_POOL:
             if dirichlet:
                 raise ValueError(
@@ -281,7 +313,7 @@ def soft_embed(
                 f"filters run inside a row's {MAX_POOL} most likely tokens). Use top_k <= "
                 f"{MAX_POOL}, or top_k = 0 / top_k >= V to switch it off")
     elif check_data:
-        sizes = _row_pool_size(V, k, top_k_t, dirichlet)
+        sizes = _row_pool_size(V, k, top_k_t, dirichlet, keep_ties)
         over = (sizes > MAX_POOL).nonzero()
         if over.numel():
             b = int(over[0, 0])
@@ -328,6 +360,20 @@ def soft_embed(
         sigma = check_float(fn, "noise.sigma (in embedding units)",
                             noise.absolute(embedding).sigma, lo=0.0, hi=_C.MAX_NOISE_PARAM)
 
+    if full:
+        from .full_vocab import soft_embed_full
+        out, status = soft_embed_full(
+            logits, embedding, temperature=temperature_s if temperature_t is None else
+            temperature_t, top_k=top_k_s if top_k_t is None else top_k_t,
+            top_p=top_p_s if top_p_t is None else top_p_t,
+            min_p=min_p_s if min_p_t is None else min_p_t, noise=noise, sigma=sigma,
+            seed=seed_s if seed_t is None else seed_t,
+            offset=offset_s if offset_t is None else offset_t, hard=hard, hard_ids=hard_ids,
+            keep_ties=keep_ties)
+        if check_data and B > 0:
+            _raise_for_status(status, B)
+        return out
+
     if logits.stride(-1) != 1:
         logits = logits.contiguous()
     if embedding.stride(-1) != 1:
@@ -335,7 +381,7 @@ def soft_embed(
     embeds, ids, weights, entropy, max_prob, g_prime, status = torch.ops.softkernels.soft_embed(
         logits, embedding, k, temperature_s, top_k_s, top_p_s, min_p_s, seed_s, offset_s,
         temperature_t, top_k_t, top_p_t, min_p_t, seed_t, offset_t, hard, hard_ids, kind, tau,
-        scale, clamp_lo, clamp_hi, alpha, sigma, pool)
+        scale, clamp_lo, clamp_hi, alpha, sigma, pool, TIES[ties])
     if check_data and B > 0:
         _raise_for_status(status, B, dict(temperature=temperature_t, top_k=top_k_t,
                                           top_p=top_p_t, min_p=min_p_t))

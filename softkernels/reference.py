@@ -165,6 +165,7 @@ def soft_embed_reference(
     offset: Union[int, torch.Tensor] = 0,
     hard: Optional[torch.Tensor] = None,
     hard_ids: Optional[torch.Tensor] = None,
+    ties: str = "exact",
 ) -> SoftTokens:
     """Float64 reference of :func:`softkernels.soft_embed` (same arguments, no validation).
 
@@ -214,6 +215,11 @@ def soft_embed_reference(
         else:
             # 3. top_k
             n1 = min(n, tk) if 0 < tk < V else n
+            if ties == "keep_all" and 0 < tk < V:
+                # every token tied with the top_k-th, within the candidate pool (1024 tokens)
+                cap = min(n, max(tk, k, min(V, 1024)))
+                while n1 < cap and ps[n1] == ps[n1 - 1]:
+                    n1 += 1
             q = ps[:n1] / ps[:n1].sum()
             # 4. top_p: keep while the mass kept before is < top_p; the first always stays.
             n2 = n1
@@ -222,6 +228,9 @@ def soft_embed_reference(
                 stop = (before >= tp).nonzero()
                 stop = [int(i) for i in stop.flatten().tolist() if i > 0]
                 n2 = stop[0] if stop else n1
+                if ties == "keep_all":
+                    while n2 < n1 and q[n2] == q[n2 - 1]:
+                        n2 += 1
             # 5. min_p: keep p_i >= min_p * max p.
             n3 = n2
             if mp > 0.0:

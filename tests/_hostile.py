@@ -123,12 +123,18 @@ def cases(op: str):
     # Combinations that single replacements miss.
     if op == "soft_embed":
         lg, E = torch.randn(B, V), torch.randn(V, D)
-        for kind in range(4):
+        # Every noise kind (csrc/common/macros.h NoiseKind, 0..7) and both ties rules (the
+        # keep_all pool is the largest one: a smaller `pool` must be refused).
+        for kind in range(8):
             for top_k in (0, 1, 5, V - 1, V, V + 7, -3):
                 for pool in (1, K, V):
-                    yield (f"kind={kind},top_k={top_k},pool={pool}",
+                    yield (f"kind={kind},top_k={top_k},pool={pool},ties={kind % 2}",
                            [lg, E, K, 1.0, top_k, 0.9, 0.01, 0, 0, None, None, None, None, None,
-                            None, None, None, kind, 0.5, 1.0, -1.5, 3.0, 4.0, 0.1, pool])
+                            None, None, None, kind, 0.5, 1.0, -1.5, 3.0, 4.0, 0.1, pool,
+                            kind % 2])
+        for ties in (-1, 2, _HUGE):
+            yield (f"ties={ties}", [lg, E, K, 1.0, 0, 1.0, 0.0, 0, 0, None, None, None, None, None,
+                                    None, None, None, 0, 0.5, 1.0, -1.5, 3.0, 4.0, 0.1, K, ties])
         rows = torch.tensor([0, 5, _HUGE])
         yield ("top_k_rows huge", [lg, E, K, 1.0, 0, 1.0, 0.0, 0, 0, None, rows, None, None, None,
                                    None, None, None, 2, 0.5, 1.0, -1.5, 3.0, 4.0, 0.1, K])
@@ -143,7 +149,7 @@ def cases(op: str):
                                   None, None, 0, 0.5, 1.0, -1.5, 3.0, 4.0, 0.1, 1])
     if op in ("soft_embed_backward",):
         lg, E = torch.randn(B, V), torch.randn(V, D)
-        for kind in range(4):
+        for kind in range(8):
             yield (f"kind={kind} ids huge",
                    [torch.randn(B, D), torch.randn(B, K), torch.randn(B, K), lg, E,
                     torch.full((B, K), _HUGE), torch.full((B, K), 0.25), torch.randn(B, K), None,

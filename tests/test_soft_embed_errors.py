@@ -110,8 +110,14 @@ def test_pool_limits():
     sk.soft_embed(logits, emb, k=2, top_k=3000)
     sk.soft_embed(logits, emb, k=2, top_k=10 ** 9)
     sk.soft_embed(logits, emb, k=2, top_k=1024, top_p=0.9)
-    with pytest.raises(ValueError, match=r"k must be in \[1, 1024\], got 1025"):
+    with pytest.raises(ValueError, match=r"k = 1025 is above the fused kernel's 1024 slots but "
+                                         r"below V = 3000"):
         sk.soft_embed(logits, emb, k=1025)
+    with pytest.raises(ValueError, match=r"k must be in \[1, 3000\], got 3001"):
+        sk.soft_embed(logits, emb, k=3001)
+    with pytest.raises(ValueError, match=r"full-vocabulary mixture .* takes noise None or "
+                                         r"Gaussian\(...\), got Gumbel"):
+        sk.soft_embed(logits, emb, k=None, noise=sk.Gumbel())
 
 
 @pytest.mark.parametrize("bad,match", [

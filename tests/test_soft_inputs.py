@@ -11,7 +11,9 @@ from test_mix_embeddings import assert_bitwise
 pytest.importorskip("transformers")
 
 NOISES = {"none": None, "gumbel": sk.Gumbel(), "gaussian": sk.Gaussian(),
-          "dirichlet": sk.Dirichlet()}
+          "dirichlet": sk.Dirichlet(),
+          # SofT-GRPO's: weights of all k slots, some negative; Gamma draws after top-k
+          "weight_gaussian": sk.WeightGaussian(0.2), "topk_dirichlet": sk.TopKDirichlet()}
 NEW = 12
 TE = 9          # think-end token of the tiny models
 

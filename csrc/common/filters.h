@@ -23,6 +23,7 @@ struct RowParams {
   T min_p;        // 0 = off
   int64_t seed;
   int64_t offset;
+  bool keep_ties = false;  // TiesRule kTiesKeepAll
 };
 
 struct NoiseParams {
@@ -36,10 +37,14 @@ struct NoiseParams {
 // top_k (when it is on) needs its top_k tokens; without top_k, only the k mixture slots matter
 // (top_p's normaliser is then the full softmax sum), except that Dirichlet noise (and
 // Dirichlet + Gumbel) redraws the whole surviving support (`dirichlet`: noise_redraws_support).
-SK_HD int64_t row_pool_size(int64_t V, int64_t k, int64_t top_k, bool dirichlet) {
+// With keep_ties, a top_k cut may keep tokens tied with the top_k-th beyond top_k: the pool is
+// then the largest one (ties beyond kMaxPool candidates are cut there).
+SK_HD int64_t row_pool_size(int64_t V, int64_t k, int64_t top_k, bool dirichlet,
+                            bool keep_ties = false) {
   int64_t p;
   if (top_k > 0 && top_k < V) {
     p = sk_max(k, top_k);
+    if (keep_ties) p = sk_max(p, sk_min<int64_t>(V, kMaxPool));
   } else {
     p = dirichlet ? V : k;
   }
@@ -55,7 +60,8 @@ SK_HD bool row_params_ok(const RowParams<T>& rp, int64_t V, int64_t k, int noise
   if (rp.top_k < 0) return false;  // top_k >= V means off
   if (!(rp.top_p > T(0) && rp.top_p <= T(1))) return false;
   if (!(rp.min_p >= T(0) && rp.min_p < T(1))) return false;
-  const int64_t p = row_pool_size(V, k, rp.top_k, noise_redraws_support(noise_kind));
+  const int64_t p =
+      row_pool_size(V, k, rp.top_k, noise_redraws_support(noise_kind), rp.keep_ties);
   return p <= pool_bound;
 }
 
@@ -190,8 +196,11 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
       if (sc.e[i] > T(0)) n0 = i + 1;
     }
   }
-  // 2. top_k.
-  const int n1 = top_k_count(n0, rp, V);
+  // 2. top_k (keep_ties: and every later pool entry tied with the last kept one).
+  int n1 = top_k_count(n0, rp, V);
+  if (rp.keep_ties && top_k_on(rp, V)) {
+    while (n1 < n0 && sc.e[n1] == sc.e[n1 - 1]) ++n1;
+  }
   // 3. top_p: keep while the mass kept before an entry is < top_p (the first always stays),
   //    mass measured after top_k's renormalisation.
   int n2 = n1;
@@ -209,6 +218,9 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
       if (!top_p_keeps(i, cum, limit)) break;
       cum += sc.e[i];
       n2 = i + 1;
+    }
+    if (rp.keep_ties) {
+      while (n2 < n1 && sc.e[n2] == sc.e[n2 - 1]) ++n2;
     }
   }
   // 4. min_p.

@@ -60,6 +60,13 @@ SK_HD bool noise_weights_differentiable(int kind) {
   return kind == kNoiseNone || kind == kNoiseGumbel || kind == kNoiseGaussian;
 }
 
+// soft_embed's `ties` (exported as softkernels._C.TIES_*): how the top_k / top_p cuts treat
+// tokens whose probability equals the last kept one's.
+enum TiesRule : int {
+  kTiesExact = 0,    // exactly top_k tokens / the top_p prefix, equal ones by the lower id
+  kTiesKeepAll = 1,  // every token tied with the last kept one stays (FlashInfer's renorm)
+};
+
 // Per-row status bits written by soft_embed; the Python wrapper turns them into ValueErrors when
 // validate=True. A flagged row's float outputs are NaN so that validate=False never hides it.
 enum RowStatus : int {

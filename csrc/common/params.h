@@ -16,6 +16,7 @@ struct RowParamSource {
   double min_p;
   int64_t seed;
   int64_t offset;
+  bool keep_ties;  // TiesRule kTiesKeepAll (one value for the batch)
   const double* temperature_rows;  // nullptr: use the scalar
   const int64_t* top_k_rows;
   const double* top_p_rows;
@@ -37,6 +38,7 @@ struct RowParamSource {
     rp.min_p = static_cast<T>(min_p_rows ? min_p_rows[b] : min_p);
     rp.seed = seed_rows ? seed_rows[b] : seed;
     rp.offset = offset_rows ? offset_rows[b] : offset;
+    rp.keep_ties = keep_ties;
     return rp;
   }
 };

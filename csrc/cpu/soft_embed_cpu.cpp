@@ -239,7 +239,8 @@ void forward_kernel(const at::Tensor& logits, const at::Tensor& embedding,
       out_h[b] = stats_entropy(st);
       out_pmax[b] = stats_max_prob(st);
       const bool dirichlet = noise_redraws_support(np.kind);
-      const int pool_n = static_cast<int>(row_pool_size(V, k, rp.top_k, dirichlet));
+      const int pool_n =
+          static_cast<int>(row_pool_size(V, k, rp.top_k, dirichlet, rp.keep_ties));
       if (is_hard) {
         finish_hard_row(pool.data(), pool_n, static_cast<int>(k), hard_id, np.kind, row_ids, row_w,
                         row_noise);

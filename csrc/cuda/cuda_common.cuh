@@ -383,4 +383,30 @@ SK_DEV void sort_take(T* z, int32_t* id, int n, int take, int cap, Out&& out) {
   __syncthreads();
 }
 
+// Radix-selects the `take` best items of for_items (radix_select's contract), gathers them into
+// z / id (room for cap >= next_pow2(selected), as sort_take wants) and hands them to out in
+// order (sort_take). hist: 256 ints; bc: 3 ints; wsum: block_exclusive_scan's scratch. Every
+// thread of the block must call it.
+template <typename T, typename ForItems, typename Out>
+SK_DEV void radix_take(int take, ForItems&& for_items, T* z, int32_t* id, int cap, int* hist,
+                       int* bc, int* wsum, Out&& out) {
+  using KeyT = key_t<T>;
+  const RadixSel<KeyT> r = radix_select<T>(take, for_items, hist, bc);
+  int cnt = 0;
+  for_items([&](KeyT kk, int32_t ii, bool act) {
+    if (act && radix_selected(r, kk, inv_id(ii))) ++cnt;
+  });
+  int C = 0;
+  int n = block_exclusive_scan(cnt, wsum, C);
+  for_items([&](KeyT kk, int32_t ii, bool act) {
+    if (act && radix_selected(r, kk, inv_id(ii)) && n < cap) {
+      z[n] = key_value(kk);
+      id[n] = ii;
+      ++n;
+    }
+  });
+  __syncthreads();
+  sort_take(z, id, C < cap ? C : cap, take, cap, out);
+}
+
 }  // namespace softkernels::cuda

@@ -48,16 +48,6 @@ struct BwdLogitsArgs {
   int64_t B, V, k, D;
 };
 
-template <typename F>
-SK_DEV void dispatch_dtype(int tag, F&& f) {
-  switch (tag) {
-    case kTagF32: f(static_cast<float*>(nullptr)); break;
-    case kTagF64: f(static_cast<double*>(nullptr)); break;
-    case kTagBF16: f(static_cast<c10::BFloat16*>(nullptr)); break;
-    default: f(static_cast<c10::Half*>(nullptr)); break;
-  }
-}
-
 // Rounds v to the storage type S and back (what writing and re-reading an S entry does).
 template <typename S, typename T>
 SK_DEV T round_to(T v) {
@@ -92,7 +82,7 @@ __global__ void __launch_bounds__(kBwdThreads) bwd_logits_kernel(const BwdLogits
     const bool on = in_set(j);  // warp-uniform
     T dot = T(0);
     if (on && a.ge != nullptr) {
-      dispatch_dtype(a.emb_tag, [&](auto* tag) {
+      dispatch_tag(a.emb_tag, [&](auto* tag) {
         using E = std::remove_pointer_t<decltype(tag)>;
         const E* row = static_cast<const E*>(a.emb) + id[j] * a.es;
         const E* g = static_cast<const E*>(a.ge) + b * a.D;

@@ -30,26 +30,17 @@
 
 namespace softkernels::cuda {
 
+// The block's shared-memory arrays: X(element type, FwdSmem offset field), in layout order.
+#define SK_FWD_SMEM_VIEWS(X)                                                                     \
+  X(int, hist) X(int, misc) X(RowStats<T>, red) X(T, cz) X(int32_t, cid) X(T, stz)              \
+  X(int32_t, stid) X(T, gz) X(int32_t, gid) X(Candidate<T>, pool) X(T, e) X(T, key) X(int, order) \
+  X(uint8_t, taken) X(int64_t, oid) X(T, ow) X(T, on) X(int, nz)
+
 template <typename T>
 struct SmemViews {
-  int* hist;
-  int* misc;
-  RowStats<T>* red;
-  T* cz;
-  int32_t* cid;
-  T* stz;
-  int32_t* stid;
-  T* gz;
-  int32_t* gid;
-  Candidate<T>* pool;
-  T* e;
-  T* key;
-  int* order;
-  uint8_t* taken;
-  int64_t* oid;
-  T* ow;
-  T* on;
-  int* nz;
+#define SK_VIEW_FIELD(type, name) type* name;
+  SK_FWD_SMEM_VIEWS(SK_VIEW_FIELD)
+#undef SK_VIEW_FIELD
   int cap_c, cap_g;
 };
 
@@ -57,24 +48,9 @@ template <typename T>
 SK_DEV SmemViews<T> smem_views(unsigned char* base, const FwdSmem& L) {
   static_assert(sizeof(Candidate<T>) == 16, "layout assumes 16-byte candidates");
   SmemViews<T> v;
-  v.hist = reinterpret_cast<int*>(base + L.hist);
-  v.misc = reinterpret_cast<int*>(base + L.misc);
-  v.red = reinterpret_cast<RowStats<T>*>(base + L.red);
-  v.cz = reinterpret_cast<T*>(base + L.cz);
-  v.cid = reinterpret_cast<int32_t*>(base + L.cid);
-  v.stz = reinterpret_cast<T*>(base + L.stz);
-  v.stid = reinterpret_cast<int32_t*>(base + L.stid);
-  v.gz = reinterpret_cast<T*>(base + L.gz);
-  v.gid = reinterpret_cast<int32_t*>(base + L.gid);
-  v.pool = reinterpret_cast<Candidate<T>*>(base + L.pool);
-  v.e = reinterpret_cast<T*>(base + L.e);
-  v.key = reinterpret_cast<T*>(base + L.key);
-  v.order = reinterpret_cast<int*>(base + L.order);
-  v.taken = reinterpret_cast<uint8_t*>(base + L.taken);
-  v.oid = reinterpret_cast<int64_t*>(base + L.oid);
-  v.ow = reinterpret_cast<T*>(base + L.ow);
-  v.on = reinterpret_cast<T*>(base + L.on);
-  v.nz = reinterpret_cast<int*>(base + L.nz);
+#define SK_VIEW_AT(type, name) v.name = reinterpret_cast<type*>(base + L.name);
+  SK_FWD_SMEM_VIEWS(SK_VIEW_AT)
+#undef SK_VIEW_AT
   v.cap_c = L.cap_c;
   v.cap_g = L.cap_g;
   return v;
@@ -169,17 +145,6 @@ SK_DEV T warp_sum_range(const T* e, int n) {
 }
 
 
-// Calls f with a null pointer of the embedding table's element type.
-template <typename F>
-SK_DEV void dispatch_emb(int tag, F&& f) {
-  switch (tag) {
-    case kTagF32: f(static_cast<float*>(nullptr)); break;
-    case kTagF64: f(static_cast<double*>(nullptr)); break;
-    case kTagBF16: f(static_cast<c10::BFloat16*>(nullptr)); break;
-    default: f(static_cast<c10::Half*>(nullptr)); break;
-  }
-}
-
 // Loads this thread's kEPT logits of the slice, scaled: z = x * inv_temp exactly as on the CPU.
 // Element (j, e) of the thread is slice position (j * kThreads + tid) * VEC + e; positions
 // outside the slice read as -inf. Misaligned rows (views) load element by element in the same
@@ -270,7 +235,6 @@ SK_DEV void scan_slice(const FwdArgs& a, int64_t b, int s, int Ls, T inv_temp, i
                        const scalar_t* xs, bool fast,
                        const uint4 (&raw)[kEPT / Vec<scalar_t>::N], unsigned char* smem) {
   const SmemViews<T> sm = smem_views<T>(smem, fwd_smem_layout(a.pool, a.k, sizeof(T), a.stage_cap));
-  using KeyT = key_t<T>;
   constexpr int VEC = Vec<scalar_t>::N;
   constexpr int CPT = kEPT / VEC;
   const int tid = threadIdx.x;
@@ -436,22 +400,8 @@ SK_DEV void scan_slice(const FwdArgs& a, int64_t b, int s, int Ls, T inv_temp, i
       }
     }
   };
-  const RadixSel<KeyT> r = radix_select<T>(Ps, for_items, sm.hist, misc + kMiscRadix);
-  int cnt = 0;
-  for_items([&](KeyT kk, int32_t ii, bool act) {
-    if (act && radix_selected(r, kk, inv_id(ii))) ++cnt;
-  });
-  int C = 0;
-  int n = block_exclusive_scan(cnt, misc + kMiscWsum, C);
-  for_items([&](KeyT kk, int32_t ii, bool act) {
-    if (act && radix_selected(r, kk, inv_id(ii)) && n < sm.cap_c) {
-      sm.cz[n] = key_value(kk);
-      sm.cid[n] = ii;
-      ++n;
-    }
-  });
-  __syncthreads();
-  sort_take(sm.cz, sm.cid, C < sm.cap_c ? C : sm.cap_c, Ps, sm.cap_c, store);
+  radix_take<T>(Ps, for_items, sm.cz, sm.cid, sm.cap_c, sm.hist, misc + kMiscRadix,
+                misc + kMiscWsum, store);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -491,7 +441,6 @@ SK_DEV int64_t merge_gidx(const FwdArgs& a, const MergeShape& m, int g) {
 template <typename T>
 SK_DEV void merge_pool(const FwdArgs& a, int64_t b, int P_row, const MergeShape& ms,
                        const SmemViews<T>& sm) {
-  using KeyT = key_t<T>;
   const int tid = threadIdx.x;
   const int S = a.S;
   const int nf = ms.nf, nl = ms.nl, N = ms.N;
@@ -613,22 +562,8 @@ SK_DEV void merge_pool(const FwdArgs& a, int64_t b, int P_row, const MergeShape&
       fn(order_key(zz), ii, act);
     }
   };
-  const RadixSel<KeyT> r = radix_select<T>(P_row, for_items, sm.hist, misc + kMiscRadix);
-  int cnt = 0;
-  for_items([&](KeyT kk, int32_t ii, bool act) {
-    if (act && radix_selected(r, kk, inv_id(ii))) ++cnt;
-  });
-  int C = 0;
-  int n = block_exclusive_scan(cnt, misc + kMiscWsum, C);
-  for_items([&](KeyT kk, int32_t ii, bool act) {
-    if (act && radix_selected(r, kk, inv_id(ii)) && n < sm.cap_g) {
-      sm.gz[n] = key_value(kk);
-      sm.gid[n] = ii;
-      ++n;
-    }
-  });
-  __syncthreads();
-  sort_take(sm.gz, sm.gid, C < sm.cap_g ? C : sm.cap_g, P_row, sm.cap_g, to_pool);
+  radix_take<T>(P_row, for_items, sm.gz, sm.gid, sm.cap_g, sm.hist, misc + kMiscRadix,
+                misc + kMiscWsum, to_pool);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -853,7 +788,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
       static_cast<T*>(a.entropy)[b] = sk_nan<T>();
       static_cast<T*>(a.max_prob)[b] = sk_nan<T>();
     }
-    dispatch_emb(a.emb_tag, [&](auto* tag) {
+    dispatch_tag(a.emb_tag, [&](auto* tag) {
       using E = std::remove_pointer_t<decltype(tag)>;
       fill_nan_row<E>(a, b);
     });
@@ -876,7 +811,8 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
   // The warp epilogue knows no noise, Gaussian (on the embedding) and Gumbel with k <= 32; the
   // other kinds run finish_row on one thread.
   const bool warp_kind = a.np.kind == kNoiseNone || a.np.kind == kNoiseGaussian || gumbel;
-  const bool warp_path = !is_hard && warp_kind && (!gumbel || k <= 32);  // uniform
+  // keep_ties (one value per call) extends the cuts: finish_row's loops, not the warp ballots.
+  const bool warp_path = !is_hard && warp_kind && !rp.keep_ties && (!gumbel || k <= 32);
   if (tid == 0) {
     SK_EMU_COUNT(is_hard     ? "epi.hard"
                  : warp_path ? (gumbel ? "epi.warp_gumbel" : "epi.warp")
@@ -929,7 +865,7 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
     if (has_noise) out_noise[j] = sm.on[j];
   }
   const int nnz = misc[kMiscNnz];
-  dispatch_emb(a.emb_tag, [&](auto* tag) {
+  dispatch_tag(a.emb_tag, [&](auto* tag) {
     using E = std::remove_pointer_t<decltype(tag)>;
     if (is_hard) {
       copy_row<E>(a, b, sm.oid[0]);
@@ -961,7 +897,8 @@ __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_
   if (fast) load_raw<scalar_t>(xs, raw);
 
   const RowParams<T> rp = a.rs.row<T>(b);
-  const int64_t prow = row_pool_size(a.V, a.k, rp.top_k, noise_redraws_support(a.np.kind));
+  const int64_t prow =
+      row_pool_size(a.V, a.k, rp.top_k, noise_redraws_support(a.np.kind), rp.keep_ties);
   // Per-row tensors are checked here (validate=False must not trust them); a pool larger than the
   // workspace is refused too (only reachable by calling the raw op with an inconsistent pool).
   const bool params_ok =

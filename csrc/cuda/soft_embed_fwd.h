@@ -7,6 +7,9 @@
 
 #include <cstdint>
 
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
 #include "common/filters.h"
 #include "common/macros.h"
 #include "common/params.h"
@@ -16,6 +19,17 @@ namespace softkernels::cuda {
 // Runtime tag of a floating dtype (the embedding table's dtype is dispatched inside the kernels
 // so that the big scan code is instantiated once per logits dtype only).
 enum DTypeTag : int { kTagF32 = 0, kTagF64 = 1, kTagBF16 = 2, kTagF16 = 3 };
+
+// Calls f with a null pointer of the element type that tag names (the kernels' dtype dispatch).
+template <typename F>
+__device__ __forceinline__ void dispatch_tag(int tag, F&& f) {
+  switch (tag) {
+    case kTagF32: f(static_cast<float*>(nullptr)); break;
+    case kTagF64: f(static_cast<double*>(nullptr)); break;
+    case kTagBF16: f(static_cast<c10::BFloat16*>(nullptr)); break;
+    default: f(static_cast<c10::Half*>(nullptr)); break;
+  }
+}
 
 // One block scans one fixed slice of a row: kThreads threads x kEPT elements each. The slice size
 // depends on nothing but this constant, so a row's partial states, and the fixed order in which

@@ -38,8 +38,10 @@ class SoftTrace:
             used for mixing). ``ids[:, :, 0]`` is the token emitted at soft steps.
         weights: float32 [B, T, k] the exact mixture weights used (after filtering, Dirichlet or
             Gumbel noise); each row sums to 1, zero beyond the surviving candidates.
-        noise: float32 [B, T, k] the perturbed log-weights g' of Gumbel noise (SofT-GRPO), in slot
-            order (-inf where the weight is 0), or None when the noise is not Gumbel.
+        noise: float32 [B, T, k] ``SoftTokens.noise`` of each step, in slot order: the perturbed
+            log-weights g' of the Gumbel kinds (-inf where the weight is 0, except
+            ``Gumbel(gprime="soft_grpo")``), the draws of TopKDirichlet / WeightGaussian (what
+            topk_dirichlet_logprob / weight_gaussian_logprob score); None for the other kinds.
         entropy: float32 [B, T] entropy (nats) of softmax(scores / temperature) over the vocabulary.
         max_prob: float32 [B, T] largest probability of that distribution.
         mode: int8 [B, T] 0 hard, 1 soft, 2 forced think-end. Only mode 1 steps were fed a soft

@@ -259,6 +259,28 @@ def misaligned(quick):
     both(packed, emb_odd, "odd D", k=10, noise=NOISES["gaussian"], seed=2, **ST)
 
 
+
+@case
+def soft_grpo_noise_and_ties(quick):
+    """Issue 12's noise kinds (finish_row on one thread) and ties="keep_all", with multi-slice
+    rows, per-row parameters and hard rows."""
+    torch.manual_seed(12)
+    noises = [sk.TopKDirichlet(), sk.WeightGaussian(0.1), sk.DirichletGumbel(alpha=50.0),
+              sk.Gumbel(gprime="soft_grpo")]
+    for V in ((300, 40000) if not quick else (300,)):
+        B = 6
+        logits = torch.randint(-4, 5, (B, V)).float() * 0.7 + torch.randn(B, V) * 0.01
+        emb = torch.randn(V, 16)
+        hard = torch.tensor([False, True, False, False, False, False])
+        for noise in noises:
+            both(logits, emb, f"V{V} {type(noise).__name__}", k=8, top_k=5, noise=noise,
+                 seed=3, hard=hard)
+        ties = torch.randint(0, 4, (B, V)).float()
+        for kw in (dict(k=6, top_k=4), dict(k=12, top_p=0.4), dict(k=40, top_k=30, top_p=0.9)):
+            both(ties, emb, f"V{V} ties keep_all {kw}", ties="keep_all",
+                 temperature=torch.linspace(0.5, 1.5, B, dtype=torch.float64), **kw)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
