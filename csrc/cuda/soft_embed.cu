@@ -25,17 +25,6 @@ void throw_cuda_error(cudaError_t err, const char* what) {
 
 namespace {
 
-int dtype_tag(at::ScalarType t, const char* name) {
-  switch (t) {
-    case at::kFloat: return kTagF32;
-    case at::kDouble: return kTagF64;
-    case at::kBFloat16: return kTagBF16;
-    case at::kHalf: return kTagF16;
-    default: TORCH_CHECK(false, "softkernels: ", name, " must be float32/float64/bfloat16/float16");
-  }
-  return 0;
-}
-
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw_cuda_error(err, what);
 }

@@ -23,6 +23,18 @@ struct FwdPlan {
   int64_t off_stats, off_z, off_id, ws_bytes;
 };
 
+// The DTypeTag of a floating dtype (the preambles have checked it; `name`: the argument).
+inline int dtype_tag(at::ScalarType t, const char* name) {
+  switch (t) {
+    case at::kFloat: return kTagF32;
+    case at::kDouble: return kTagF64;
+    case at::kBFloat16: return kTagBF16;
+    case at::kHalf: return kTagF16;
+    default: TORCH_CHECK(false, "softkernels: ", name, " must be float32/float64/bfloat16/float16");
+  }
+  return 0;
+}
+
 inline int64_t fwd_align256(int64_t x) { return (x + 255) / 256 * 256; }
 
 inline FwdPlan plan_fwd(const SoftEmbedShape& sh, bool f64_logits) {
