@@ -33,8 +33,6 @@ SoftEmbedOutputs soft_embed_cuda(SK_SOFT_EMBED_CPP_PARAMS) {
   TORCH_CHECK(logits.is_cuda(), "softkernels: logits must be a CUDA tensor");
   const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
   const SoftEmbedShape& sh = c.sh;
-  const RowParamSource& rs = c.rs;
-  const NoiseParams& np = c.np;
   const int ltag = dtype_tag(logits.scalar_type(), "logits");
   const int etag = dtype_tag(embedding.scalar_type(), "embedding");
   TORCH_CHECK(sh.V < std::numeric_limits<int32_t>::max(),
@@ -62,8 +60,7 @@ SoftEmbedOutputs soft_embed_cuda(SK_SOFT_EMBED_CPP_PARAMS) {
   auto* base = static_cast<unsigned char*>(ws.data_ptr());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (plan.S > 1) check_cuda(cudaMemsetAsync(base, 0, sh.B * 4, stream), "cudaMemsetAsync");
-  const FwdArgs a = make_fwd_args(logits, embedding, sh, rs, np, hard, hard_ids, etag, outs, plan,
-                                  base);
+  const FwdArgs a = make_fwd_args(logits, embedding, c, etag, outs, plan, base);
 
   switch (ltag) {
     case kTagF32: launch_soft_embed_fwd<float>(a, smem, stream); break;

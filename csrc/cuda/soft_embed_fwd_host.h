@@ -61,10 +61,10 @@ inline FwdPlan plan_fwd(const SoftEmbedShape& sh, bool f64_logits) {
 }
 
 inline FwdArgs make_fwd_args(const at::Tensor& logits, const at::Tensor& embedding,
-                             const SoftEmbedShape& sh, const RowParamSource& rs,
-                             const NoiseParams& np, const OptTensor& hard,
-                             const OptTensor& hard_ids, int emb_tag, const SoftEmbedOutputs& outs,
+                             const SoftEmbedCall& c, int emb_tag, const SoftEmbedOutputs& outs,
                              const FwdPlan& plan, unsigned char* ws) {
+  const SoftEmbedShape& sh = c.sh;
+  const NoiseParams& np = c.np;
   const auto& [embeds, ids, weights, entropy, max_prob, noise, status] = outs;
   FwdArgs a{};
   a.logits = logits.data_ptr();
@@ -80,10 +80,10 @@ inline FwdArgs make_fwd_args(const at::Tensor& logits, const at::Tensor& embeddi
   a.S = static_cast<int>(plan.S);
   a.L = kSlice;
   a.stage_cap = plan.stage_cap;
-  a.rs = rs;
+  a.rs = c.rs;
   a.np = np;
-  a.hard = hard ? hard->data_ptr<bool>() : nullptr;
-  a.hard_ids = hard_ids ? hard_ids->data_ptr<int64_t>() : nullptr;
+  a.hard = c.hard;
+  a.hard_ids = c.hard_ids;
   a.embeds = embeds.data_ptr();
   a.ids = ids.data_ptr<int64_t>();
   a.weights = weights.data_ptr();

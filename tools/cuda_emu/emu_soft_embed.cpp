@@ -31,8 +31,6 @@ void emulate(const FwdArgs& a, int smem) {
 SoftEmbedOutputs soft_embed_emu(SK_SOFT_EMBED_CPP_PARAMS) {
   const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
   const SoftEmbedShape& sh = c.sh;
-  const RowParamSource& rs = c.rs;
-  const NoiseParams& np = c.np;
   const int ltag = dtype_tag(logits.scalar_type(), "logits");
   const int etag = dtype_tag(embedding.scalar_type(), "embedding");
   SoftEmbedOutputs outs = allocate_outputs(logits, embedding, k, noise_kind);
@@ -51,8 +49,7 @@ SoftEmbedOutputs soft_embed_emu(SK_SOFT_EMBED_CPP_PARAMS) {
   ws.fill_(0xFF);  // uninitialised workspace
   auto* base = static_cast<unsigned char*>(ws.data_ptr());
   if (plan.S > 1) std::memset(base, 0, static_cast<size_t>(sh.B) * 4);
-  const FwdArgs a =
-      make_fwd_args(logits, embedding, sh, rs, np, hard, hard_ids, etag, outs, plan, base);
+  const FwdArgs a = make_fwd_args(logits, embedding, c, etag, outs, plan, base);
   switch (ltag) {
     case kTagF32: emulate<float>(a, plan.smem); break;
     case kTagF64: emulate<double>(a, plan.smem); break;
