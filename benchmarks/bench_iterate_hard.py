@@ -21,7 +21,6 @@ Results are appended to benchmarks/RESULTS.md under "## Think-at-Hard (selective
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import os
 import statistics
 import sys
@@ -33,7 +32,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from bench_generate import PROMPTS  # noqa: E402
-from results import RESULTS, append_to_section, commit, machine  # noqa: E402
+from results import machine, record  # noqa: E402
 
 SECTION = "## Think-at-Hard (selective iteration)"
 BATCH = 16
@@ -173,24 +172,16 @@ def main(argv=None) -> int:
     print(text)
 
     if not args.no_write:
-        date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
         dev = machine() if args.device == "cpu" else torch.cuda.get_device_name()
-        cmd = "python benchmarks/bench_iterate_hard.py " + " ".join(
-            argv if argv is not None else sys.argv[1:])
-        entry = (f"\n### {date}, commit {commit()}\n\n"
-                 f"- Machine: {dev}\n"
-                 f"- Command: `{cmd.strip()}`\n"
-                 f"- Model: {desc}; batch {BATCH} (left-padded prompts), greedy hard decoding; "
+        details = (f"- Model: {desc}; batch {BATCH} (left-padded prompts), greedy hard decoding; "
                  f"decoding time per token = (time of {N + 1} new tokens - time of 1) / {N} "
                  f"(min_new_tokens = max_new_tokens); max_iter 2, top_m 100; hard rows forced "
                  f"by a decider (score 0 / 1, threshold 0.5); {args.repeats} runs per variant "
-                 f"in rotating order; torch threads: {torch.get_num_threads()}\n"
-                 f"- Load average (1 min) before / after: {load_before[0]:.2f} / "
-                 f"{load_after[0]:.2f}\n\n{text}\n")
-        append_to_section(SECTION, "Appended by benchmarks/bench_iterate_hard.py. Requirement "
-                          "(issue 6): the time per generated token grows with the fraction of "
-                          "hard rows, with near zero extra cost when no row is hard.", entry)
-        print(f"appended to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
+                 f"in rotating order; torch threads: {torch.get_num_threads()}\n")
+        record(SECTION, "Appended by benchmarks/bench_iterate_hard.py. Requirement (issue 6): the "
+               "time per generated token grows with the fraction of hard rows, with near zero "
+               "extra cost when no row is hard.", "bench_iterate_hard.py", argv, dev, details,
+               load_before, load_after, text)
     return 0
 
 

@@ -3,9 +3,11 @@ benchmarks/RESULTS.md the numbers go to."""
 
 from __future__ import annotations
 
+import datetime as _dt
 import os
 import platform
 import subprocess
+import sys
 from pathlib import Path
 
 import torch
@@ -60,6 +62,24 @@ def append_to_section(section: str, intro: str, entry: str) -> None:
         RESULTS.write_text(old.rstrip("\n") + "\n" + entry)
     else:
         RESULTS.write_text(old[:nxt].rstrip("\n") + "\n" + entry + old[nxt:])
+
+
+def record(section: str, intro: str, script: str, argv, dev: str, details: str,
+           load_before, load_after, text: str) -> None:
+    """Appends one run to ``section`` (see append_to_section): a heading with the date and the
+    commit, the machine ``dev``, the command (``script`` with ``argv``, default sys.argv[1:]),
+    ``details`` (markdown list lines, each ending in a newline), the 1-minute load averages
+    before / after (os.getloadavg() tuples) and the result ``text``."""
+    date = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    cmd = f"python benchmarks/{script} " + " ".join(argv if argv is not None else sys.argv[1:])
+    entry = (f"\n### {date}, commit {commit()}\n\n"
+             f"- Machine: {dev}\n"
+             f"- Command: `{cmd.strip()}`\n"
+             + details +
+             f"- Load average (1 min) before / after: {load_before[0]:.2f} / "
+             f"{load_after[0]:.2f}\n\n{text}\n")
+    append_to_section(section, intro, entry)
+    print(f"appended to {RESULTS.relative_to(ROOT)}", file=sys.stderr)
 
 
 def replace_block(start: str, end: str, text: str) -> None:

@@ -208,6 +208,13 @@ inline void gaussian_lp_backward_check(const at::Tensor& grad, const at::Tensor&
   const at::Tensor &grad_in, const at::Tensor &x, const at::Tensor &mean,                         \
       const LpOptTensor &sigma_in, double sigma, bool x_grad, bool mean_grad
 
+// Registers the four log-prob ops of one backend: the functions <op>_<suffix> (cpu, cuda).
+#define SK_LOGPROB_IMPLS(m, suffix)                                          \
+  m.impl("gumbel_logprob", &gumbel_logprob_##suffix);                        \
+  m.impl("gumbel_logprob_backward", &gumbel_logprob_backward_##suffix);      \
+  m.impl("gaussian_logprob", &gaussian_logprob_##suffix);                    \
+  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward_##suffix)
+
 struct GumbelLpCall {
   at::Tensor ids, g_prime;
   LpOptTensor hard;
@@ -277,6 +284,7 @@ inline GaussianLpCall prepare_gaussian_lp_forward(const at::Tensor& x, const at:
 
 struct GaussianLpBackwardCall : GaussianLpCall {
   at::Tensor grad, gx, gm;
+  bool idle;  // no row or no gradient asked for: gx / gm are returned as allocated
 };
 
 inline GaussianLpBackwardCall prepare_gaussian_lp_backward(const at::Tensor& grad_in,
@@ -290,6 +298,7 @@ inline GaussianLpBackwardCall prepare_gaussian_lp_backward(const at::Tensor& gra
   gaussian_lp_backward_check(c.grad, x);
   c.gx = x_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   c.gm = mean_grad ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
+  c.idle = c.sh.N == 0 || (!x_grad && !mean_grad);
   return c;
 }
 

@@ -72,30 +72,30 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                     "(CPU): soft-thinking rollouts with Gumbel noise, log-probabilities "
                     "recomputed from the trace, GRPO's clipped objective, AdamW.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--steps", type=_positive_int, default=6, help="training steps (rollouts)")
-    p.add_argument("--prompts", type=_positive_int, default=2,
-                   help="addition problems per step")
-    p.add_argument("--group-size", type=_positive_int, default=4,
-                   help="samples per problem (GRPO group); needs >= 2")
-    p.add_argument("--max-new-tokens", type=_positive_int, default=16,
-                   help="generated tokens per sample (thought + answer)")
-    p.add_argument("--think-tokens", type=_positive_int, default=6,
-                   help="soft (thinking) tokens before the answer")
-    p.add_argument("--k", type=_positive_int, default=10, help="soft-token mixture width")
-    p.add_argument("--temperature", type=_positive_float, default=0.6,
-                   help="temperature of the soft tokens and of the sampled answer tokens")
-    p.add_argument("--tau", type=_positive_float, default=0.5, help="Gumbel-softmax temperature")
-    p.add_argument("--lr", type=_positive_float, default=2e-6, help="AdamW learning rate")
-    p.add_argument("--clip", type=_positive_float, default=0.2,
-                   help="PPO / GRPO ratio clip epsilon")
-    p.add_argument("--updates", type=_positive_int, default=2,
-                   help="optimiser updates per rollout batch (the ratio leaves 1 after the first)")
-    p.add_argument("--seed", type=int, default=0, help="problems, noise and sampling seed")
-    p.add_argument("--threads", type=_positive_int, default=1,
-                   help="torch CPU threads (1 is fastest on a shared 2-core machine)")
-    p.add_argument("--ratio-tol", type=_positive_float, default=1e-4,
-                   help="largest |ratio - 1| accepted at the first update of step 1 (measured: "
-                        "~3e-5, the KV-cache decode vs full-forward rounding)")
+    # flag, type, default, help
+    options = [
+        ("--steps", _positive_int, 6, "training steps (rollouts)"),
+        ("--prompts", _positive_int, 2, "addition problems per step"),
+        ("--group-size", _positive_int, 4, "samples per problem (GRPO group); needs >= 2"),
+        ("--max-new-tokens", _positive_int, 16, "generated tokens per sample (thought + answer)"),
+        ("--think-tokens", _positive_int, 6, "soft (thinking) tokens before the answer"),
+        ("--k", _positive_int, 10, "soft-token mixture width"),
+        ("--temperature", _positive_float, 0.6,
+         "temperature of the soft tokens and of the sampled answer tokens"),
+        ("--tau", _positive_float, 0.5, "Gumbel-softmax temperature"),
+        ("--lr", _positive_float, 2e-6, "AdamW learning rate"),
+        ("--clip", _positive_float, 0.2, "PPO / GRPO ratio clip epsilon"),
+        ("--updates", _positive_int, 2,
+         "optimiser updates per rollout batch (the ratio leaves 1 after the first)"),
+        ("--seed", int, 0, "problems, noise and sampling seed"),
+        ("--threads", _positive_int, 1,
+         "torch CPU threads (1 is fastest on a shared 2-core machine)"),
+        ("--ratio-tol", _positive_float, 1e-4,
+         "largest |ratio - 1| accepted at the first update of step 1 (measured: ~3e-5, the "
+         "KV-cache decode vs full-forward rounding)"),
+    ]
+    for flag, type_, default, help_ in options:
+        p.add_argument(flag, type=type_, default=default, help=help_)
     args = p.parse_args(argv)
     if args.group_size < 2:
         p.error("--group-size must be at least 2 (GRPO compares samples within a group)")

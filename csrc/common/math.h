@@ -3,6 +3,7 @@
 
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "common/macros.h"
 
@@ -26,5 +27,9 @@ SK_HD T sk_nan() { return std::numeric_limits<T>::quiet_NaN(); }
 
 template <typename T>
 SK_HD bool sk_isnan(T x) { return x != x; }
+
+// Accumulation type of a storage type: double for double, float otherwise (bf16 / fp16 / fp32).
+template <typename S>
+using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
 }  // namespace softkernels

@@ -21,9 +21,6 @@
 namespace softkernels::cpu {
 namespace {
 
-template <typename scalar_t>
-using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
-
 // ---------------------------------------------------------------------------------------------
 // Whole-row helpers (hard rows of gumbel_logprob).
 
@@ -311,6 +308,9 @@ std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cpu(SK_GUMBEL_LP_BACK
 // ---------------------------------------------------------------------------------------------
 // gaussian_logprob
 
+// parallel_for grain of row loops over D values: about 32K values a task.
+int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1)); }
+
 template <typename scalar_t>
 acc_t<scalar_t> row_sq_dist(const scalar_t* x, const scalar_t* m, int64_t D) {
   using T = acc_t<scalar_t>;
@@ -338,22 +338,19 @@ acc_t<scalar_t> row_sq_dist(const scalar_t* x, const scalar_t* m, int64_t D) {
 
 std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cpu(SK_GAUSSIAN_LP_CPP_PARAMS) {
   GaussianLpCall c = prepare_gaussian_lp_forward(x, mean, sigma_in);
-  const LpOptTensor& sigma_rows = c.sigma_rows;
   const GaussianLpShape& sh = c.sh;
-  auto& outs = c.outs;
-  auto& [logprob, sqdist] = outs;
-  if (sh.N == 0) return outs;
+  if (sh.N == 0) return c.outs;
+  auto& [logprob, sqdist] = c.outs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
                                   "gaussian_logprob", [&] {
     using T = acc_t<scalar_t>;
     const scalar_t* X = x.data_ptr<scalar_t>();
     const scalar_t* M = mean.data_ptr<scalar_t>();
-    const T* S = sigma_rows ? sigma_rows->data_ptr<T>() : nullptr;
+    const T* S = c.sigma_rows ? c.sigma_rows->data_ptr<T>() : nullptr;
     T* LP = logprob.data_ptr<T>();
     T* Q = sqdist.data_ptr<T>();
     const int64_t D = sh.D;
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
-    at::parallel_for(0, sh.N, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, sh.N, row_grain(D), [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const T q = row_sq_dist(X + row_offset(sh.x_rows, n), M + row_offset(sh.mean_rows, n), D);
         const T s = S ? S[n] : static_cast<T>(sigma);
@@ -362,29 +359,25 @@ std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cpu(SK_GAUSSIAN_LP_CPP_PARAM
       }
     });
   });
-  return outs;
+  return c.outs;
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cpu(SK_GAUSSIAN_LP_BACKWARD_CPP_PARAMS) {
   GaussianLpBackwardCall c =
       prepare_gaussian_lp_backward(grad_in, x, mean, sigma_in, x_grad, mean_grad);
-  const LpOptTensor& sigma_rows = c.sigma_rows;
-  const at::Tensor& grad = c.grad;
-  at::Tensor &gx = c.gx, &gm = c.gm;
+  if (c.idle) return {c.gx, c.gm};
   const GaussianLpShape& sh = c.sh;
-  if (sh.N == 0 || (!x_grad && !mean_grad)) return {gx, gm};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
                                   "gaussian_logprob_backward", [&] {
     using T = acc_t<scalar_t>;
+    const T* GR = c.grad.data_ptr<T>();
+    const T* S = c.sigma_rows ? c.sigma_rows->data_ptr<T>() : nullptr;
     const scalar_t* X = x.data_ptr<scalar_t>();
     const scalar_t* M = mean.data_ptr<scalar_t>();
-    const T* S = sigma_rows ? sigma_rows->data_ptr<T>() : nullptr;
-    const T* GR = grad.data_ptr<T>();
-    scalar_t* GX = x_grad ? gx.data_ptr<scalar_t>() : nullptr;
-    scalar_t* GM = mean_grad ? gm.data_ptr<scalar_t>() : nullptr;
+    scalar_t* GX = x_grad ? c.gx.data_ptr<scalar_t>() : nullptr;
+    scalar_t* GM = mean_grad ? c.gm.data_ptr<scalar_t>() : nullptr;
     const int64_t D = sh.D;
-    const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1));
-    at::parallel_for(0, sh.N, grain, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, sh.N, row_grain(D), [&](int64_t begin, int64_t end) {
       for (int64_t n = begin; n < end; ++n) {
         const scalar_t* xr = X + row_offset(sh.x_rows, n);
         const scalar_t* mr = M + row_offset(sh.mean_rows, n);
@@ -414,16 +407,11 @@ std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cpu(SK_GAUSSIAN_LP_
       }
     });
   });
-  return {gx, gm};
+  return {c.gx, c.gm};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(softkernels, CPU, m) {
-  m.impl("gumbel_logprob", &gumbel_logprob_cpu);
-  m.impl("gumbel_logprob_backward", &gumbel_logprob_backward_cpu);
-  m.impl("gaussian_logprob", &gaussian_logprob_cpu);
-  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward_cpu);
-}
+TORCH_LIBRARY_IMPL(softkernels, CPU, m) { SK_LOGPROB_IMPLS(m, cpu); }
 
 }  // namespace softkernels::cpu

@@ -17,6 +17,7 @@
 #include "common/macros.h"
 #include "common/math.h"
 #include "common/row_state.h"
+#include "cuda/launch.h"
 
 namespace softkernels::cuda {
 
@@ -27,10 +28,6 @@ namespace softkernels::cuda {
 #endif
 
 constexpr int kWarp = 32;
-
-// Accumulation type of a storage type: double for double, float otherwise.
-template <typename S>
-using acc_t = std::conditional_t<std::is_same_v<S, double>, double, float>;
 
 // Order-preserving unsigned key of a float / double (-0 is folded onto +0 so that key order and
 // float order agree exactly on every non-NaN value; NaN never reaches a selection).

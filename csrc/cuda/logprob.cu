@@ -24,13 +24,11 @@
 #include <type_traits>
 
 #include "common/logprob.h"
+#include "cuda/launch.h"
 #include "logprob_host.h"
 
 namespace softkernels::cuda {
 namespace {
-
-template <typename scalar_t>
-using acc_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
 constexpr int kBlock = 256;
 constexpr int kWarps = kBlock / 32;
@@ -81,38 +79,36 @@ __device__ __forceinline__ SlotBest<T> slot_better(const SlotBest<T>& a, const S
   return (a.z > b.z || (a.z == b.z && a.j < b.j)) ? a : b;
 }
 
-template <typename T>
-__device__ SlotBest<T> block_best(SlotBest<T> v, T* scratch_z, int* scratch_j) {
+// Block reduction of a two-field aggregate P{first, second} under merge; scratch_1 / scratch_2
+// hold the warp partials of each field. Same order as block_sum.
+template <typename P, typename F1, typename F2, typename Merge>
+__device__ P block_reduce2(P v, F1 P::*first, F2 P::*second, F1* scratch_1, F2* scratch_2,
+                           Merge merge) {
   for (int o = 16; o > 0; o >>= 1) {
-    SlotBest<T> other{__shfl_xor_sync(kFull, v.z, o), __shfl_xor_sync(kFull, v.j, o)};
-    v = slot_better(v, other);
+    P other{__shfl_xor_sync(kFull, v.*first, o), __shfl_xor_sync(kFull, v.*second, o)};
+    v = merge(v, other);
   }
   __syncthreads();
   if ((threadIdx.x & 31) == 0) {
-    scratch_z[threadIdx.x >> 5] = v.z;
-    scratch_j[threadIdx.x >> 5] = v.j;
+    scratch_1[threadIdx.x >> 5] = v.*first;
+    scratch_2[threadIdx.x >> 5] = v.*second;
   }
   __syncthreads();
-  SlotBest<T> r{scratch_z[0], scratch_j[0]};
-  for (int w = 1; w < kWarps; ++w) r = slot_better(r, SlotBest<T>{scratch_z[w], scratch_j[w]});
+  P r{scratch_1[0], scratch_2[0]};
+  for (int w = 1; w < kWarps; ++w) r = merge(r, P{scratch_1[w], scratch_2[w]});
   return r;
 }
 
 template <typename T>
+__device__ SlotBest<T> block_best(SlotBest<T> v, T* scratch_z, int* scratch_j) {
+  auto merge = [](const SlotBest<T>& a, const SlotBest<T>& b) { return slot_better(a, b); };
+  return block_reduce2(v, &SlotBest<T>::z, &SlotBest<T>::j, scratch_z, scratch_j, merge);
+}
+
+template <typename T>
 __device__ LseState<T> block_lse(LseState<T> v, T* scratch_m, T* scratch_s) {
-  for (int o = 16; o > 0; o >>= 1) {
-    LseState<T> other{__shfl_xor_sync(kFull, v.m, o), __shfl_xor_sync(kFull, v.s, o)};
-    v = lse_merge(v, other);
-  }
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) {
-    scratch_m[threadIdx.x >> 5] = v.m;
-    scratch_s[threadIdx.x >> 5] = v.s;
-  }
-  __syncthreads();
-  LseState<T> r{scratch_m[0], scratch_s[0]};
-  for (int w = 1; w < kWarps; ++w) r = lse_merge(r, LseState<T>{scratch_m[w], scratch_s[w]});
-  return r;
+  auto merge = [](const LseState<T>& a, const LseState<T>& b) { return lse_merge(a, b); };
+  return block_reduce2(v, &LseState<T>::m, &LseState<T>::s, scratch_m, scratch_s, merge);
 }
 
 template <typename T>
@@ -331,56 +327,70 @@ __global__ void __launch_bounds__(kBlock)
 
 int64_t grid_for(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, kMaxGrid)); }
 
+// Calls f(scalar_t* tag, stream) for t's floating dtype (the preambles have checked it) under a
+// device guard, then checks the launch it made.
+template <typename F>
+void on_stream(const at::Tensor& t, const char* name, F&& f) {
+  const c10::cuda::CUDAGuard guard(t.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  switch (t.scalar_type()) {
+    case at::kFloat: f(static_cast<float*>(nullptr), stream); break;
+    case at::kDouble: f(static_cast<double*>(nullptr), stream); break;
+    case at::kBFloat16: f(static_cast<c10::BFloat16*>(nullptr), stream); break;
+    case at::kHalf: f(static_cast<c10::Half*>(nullptr), stream); break;
+    default: TORCH_CHECK(false, "softkernels.", name, ": unsupported dtype ", t.scalar_type());
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 GumbelLpOutputs gumbel_logprob_cuda(SK_GUMBEL_LP_CPP_PARAMS) {
   GumbelLpCall c = prepare_gumbel_lp_forward(logits, ids_in, g_prime_in, hard_in);
-  const at::Tensor &ids = c.ids, &g_prime = c.g_prime;
   const GumbelLpShape& sh = c.sh;
-  GumbelLpOutputs& outs = c.outs;
-  auto& [logprob, lse, status] = outs;
-  if (sh.N == 0) return outs;
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool* hard_p = c.hard_p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
-                                  "gumbel_logprob_cuda", [&] {
+  if (sh.N == 0) return c.outs;
+  auto& [logprob, lse, status] = c.outs;
+  on_stream(logits, "gumbel_logprob", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
     using T = acc_t<scalar_t>;
     const auto p = gumbel_lp_params<T>(temperature, scale, clamp_lo, clamp_hi, min_weight);
-    gumbel_forward_kernel<scalar_t><<<grid_for(sh.N), kBlock, 0, stream>>>(
-        logits.data_ptr<scalar_t>(), sh.logits_rows, ids.data_ptr<int64_t>(),
-        g_prime.data_ptr<T>(), hard_p, sh.N, sh.V, sh.k, p, logprob.data_ptr<T>(),
+    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, gumbel_forward_kernel<scalar_t>)(
+        logits.data_ptr<scalar_t>(), sh.logits_rows, c.ids.data_ptr<int64_t>(),
+        c.g_prime.data_ptr<T>(), c.hard_p, sh.N, sh.V, sh.k, p, logprob.data_ptr<T>(),
         lse.data_ptr<T>(), status.data_ptr<int>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return outs;
+  return c.outs;
 }
 
 std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cuda(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
   GumbelLpBackwardCall c = prepare_gumbel_lp_backward(grad_in, logits, ids_in, g_prime_in,
                                                       hard_in, lse_in, g_prime_grad);
-  const at::Tensor &ids = c.ids, &g_prime = c.g_prime, &grad = c.grad, &lse = c.lse;
-  at::Tensor &grad_logits = c.grad_logits, &grad_g = c.grad_g;
   const GumbelLpShape& sh = c.sh;
-  if (sh.N == 0) return {grad_logits, grad_g};
-  const c10::cuda::CUDAGuard guard(logits.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const bool* hard_p = c.hard_p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
-                                  "gumbel_logprob_backward_cuda", [&] {
+  if (sh.N == 0) return {c.grad_logits, c.grad_g};
+  on_stream(logits, "gumbel_logprob_backward", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
     using T = acc_t<scalar_t>;
     const auto p = gumbel_lp_params<T>(temperature, scale, clamp_lo, clamp_hi, min_weight);
-    gumbel_backward_kernel<scalar_t><<<grid_for(sh.N), kBlock, 0, stream>>>(
-        grad.data_ptr<T>(), logits.data_ptr<scalar_t>(), sh.logits_rows,
-        ids.data_ptr<int64_t>(), g_prime.data_ptr<T>(), hard_p, lse.data_ptr<T>(), sh.N, sh.V,
-        sh.k, p, grad_logits.data_ptr<scalar_t>(), g_prime_grad ? grad_g.data_ptr<T>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, gumbel_backward_kernel<scalar_t>)(
+        c.grad.data_ptr<T>(), logits.data_ptr<scalar_t>(), sh.logits_rows,
+        c.ids.data_ptr<int64_t>(), c.g_prime.data_ptr<T>(), c.hard_p, c.lse.data_ptr<T>(), sh.N,
+        sh.V, sh.k, p, c.grad_logits.data_ptr<scalar_t>(),
+        g_prime_grad ? c.grad_g.data_ptr<T>() : nullptr);
   });
-  return {grad_logits, grad_g};
+  return {c.grad_logits, c.grad_g};
 }
 
 // ---------------------------------------------------------------------------------------------
 // gaussian_logprob: one warp per row.
 
 constexpr int kRowsPerBlock = kBlock / 32;
+
+// Calls f(n) for each row n of the calling thread's warp (grid-stride over N rows).
+template <typename F>
+__device__ __forceinline__ void for_warp_rows(int64_t N, F&& f) {
+  for (int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); n < N;
+       n += int64_t(gridDim.x) * kRowsPerBlock) {
+    f(n);
+  }
+}
 
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBlock)
@@ -391,8 +401,7 @@ __global__ void __launch_bounds__(kBlock)
                             acc_t<scalar_t>* __restrict__ Q) {
   using T = acc_t<scalar_t>;
   const int lane = threadIdx.x & 31;
-  for (int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); n < N;
-       n += int64_t(gridDim.x) * kRowsPerBlock) {
+  for_warp_rows(N, [&](int64_t n) {
     const scalar_t* x = X + row_offset(xi, n);
     const scalar_t* m = M + row_offset(mi, n);
     T q = T(0);
@@ -406,7 +415,7 @@ __global__ void __launch_bounds__(kBlock)
       Q[n] = q;
       LP[n] = gaussian_logprob_value(q, s, D);
     }
-  }
+  });
 }
 
 template <typename scalar_t>
@@ -419,8 +428,7 @@ __global__ void __launch_bounds__(kBlock)
                              scalar_t* __restrict__ GM) {
   using T = acc_t<scalar_t>;
   const int lane = threadIdx.x & 31;
-  for (int64_t n = int64_t(blockIdx.x) * kRowsPerBlock + (threadIdx.x >> 5); n < N;
-       n += int64_t(gridDim.x) * kRowsPerBlock) {
+  for_warp_rows(N, [&](int64_t n) {
     const scalar_t* x = X + row_offset(xi, n);
     const scalar_t* m = M + row_offset(mi, n);
     const T s = S != nullptr ? S[n] : sigma;
@@ -431,62 +439,46 @@ __global__ void __launch_bounds__(kBlock)
       if (GX != nullptr) GX[n * D + d] = static_cast<scalar_t>(c * diff);
       if (GM != nullptr) GM[n * D + d] = static_cast<scalar_t>(-c * diff);
     }
-  }
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_logprob_cuda(SK_GAUSSIAN_LP_CPP_PARAMS) {
   GaussianLpCall c = prepare_gaussian_lp_forward(x, mean, sigma_in);
-  const LpOptTensor& sigma_rows = c.sigma_rows;
   const GaussianLpShape& sh = c.sh;
-  auto& outs = c.outs;
-  auto& [logprob, sqdist] = outs;
-  if (sh.N == 0) return outs;
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  if (sh.N == 0) return c.outs;
+  auto& [logprob, sqdist] = c.outs;
   const int64_t grid = grid_for((sh.N + kRowsPerBlock - 1) / kRowsPerBlock);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
-                                  "gaussian_logprob_cuda", [&] {
+  on_stream(x, "gaussian_logprob", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
     using T = acc_t<scalar_t>;
-    gaussian_forward_kernel<scalar_t><<<grid, kBlock, 0, stream>>>(
+    SK_LAUNCH(grid, kBlock, 0, stream, gaussian_forward_kernel<scalar_t>)(
         x.data_ptr<scalar_t>(), sh.x_rows, mean.data_ptr<scalar_t>(), sh.mean_rows,
-        sigma_rows ? sigma_rows->data_ptr<T>() : nullptr, static_cast<T>(sigma), sh.N, sh.D,
+        c.sigma_rows ? c.sigma_rows->data_ptr<T>() : nullptr, static_cast<T>(sigma), sh.N, sh.D,
         logprob.data_ptr<T>(), sqdist.data_ptr<T>());
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  return outs;
+  return c.outs;
 }
 
 std::tuple<at::Tensor, at::Tensor> gaussian_logprob_backward_cuda(SK_GAUSSIAN_LP_BACKWARD_CPP_PARAMS) {
   GaussianLpBackwardCall c =
       prepare_gaussian_lp_backward(grad_in, x, mean, sigma_in, x_grad, mean_grad);
-  const LpOptTensor& sigma_rows = c.sigma_rows;
-  const at::Tensor& grad = c.grad;
-  at::Tensor &gx = c.gx, &gm = c.gm;
+  if (c.idle) return {c.gx, c.gm};
   const GaussianLpShape& sh = c.sh;
-  if (sh.N == 0 || (!x_grad && !mean_grad)) return {gx, gm};
-  const c10::cuda::CUDAGuard guard(x.device());
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int64_t grid = grid_for((sh.N + kRowsPerBlock - 1) / kRowsPerBlock);
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, x.scalar_type(),
-                                  "gaussian_logprob_backward_cuda", [&] {
+  on_stream(x, "gaussian_logprob_backward", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
     using T = acc_t<scalar_t>;
-    gaussian_backward_kernel<scalar_t><<<grid, kBlock, 0, stream>>>(
-        grad.data_ptr<T>(), x.data_ptr<scalar_t>(), sh.x_rows, mean.data_ptr<scalar_t>(),
-        sh.mean_rows, sigma_rows ? sigma_rows->data_ptr<T>() : nullptr, static_cast<T>(sigma),
-        sh.N, sh.D, x_grad ? gx.data_ptr<scalar_t>() : nullptr,
-        mean_grad ? gm.data_ptr<scalar_t>() : nullptr);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    SK_LAUNCH(grid, kBlock, 0, stream, gaussian_backward_kernel<scalar_t>)(
+        c.grad.data_ptr<T>(), x.data_ptr<scalar_t>(), sh.x_rows, mean.data_ptr<scalar_t>(),
+        sh.mean_rows, c.sigma_rows ? c.sigma_rows->data_ptr<T>() : nullptr,
+        static_cast<T>(sigma), sh.N, sh.D, x_grad ? c.gx.data_ptr<scalar_t>() : nullptr,
+        mean_grad ? c.gm.data_ptr<scalar_t>() : nullptr);
   });
-  return {gx, gm};
+  return {c.gx, c.gm};
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(softkernels, CUDA, m) {
-  m.impl("gumbel_logprob", &gumbel_logprob_cuda);
-  m.impl("gumbel_logprob_backward", &gumbel_logprob_backward_cuda);
-  m.impl("gaussian_logprob", &gaussian_logprob_cuda);
-  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward_cuda);
-}
+TORCH_LIBRARY_IMPL(softkernels, CUDA, m) { SK_LOGPROB_IMPLS(m, cuda); }
 
 }  // namespace softkernels::cuda

@@ -59,7 +59,7 @@ template <typename E, typename T>
 void launch(const at::Tensor& embedding, const at::Tensor& ids, const at::Tensor& weights,
             int64_t seed, int64_t offset, const int64_t* seed_rows, const int64_t* offset_rows,
             bool gauss, double sigma, const MixShape& sh, at::Tensor& out, cudaStream_t stream) {
-  mix_kernel<E, T><<<static_cast<unsigned>(sh.N), kThreads, 0, stream>>>(
+  SK_LAUNCH(static_cast<unsigned>(sh.N), kThreads, 0, stream, mix_kernel<E, T>)(
       static_cast<const E*>(embedding.data_ptr()), sh.emb_stride, sh.Ve, sh.D,
       ids.data_ptr<int64_t>(), static_cast<const T*>(weights.data_ptr()),
       static_cast<int>(sh.k), seed, offset, seed_rows, offset_rows, gauss, sigma,
@@ -101,7 +101,7 @@ at::Tensor mix_embeddings_cuda(const at::Tensor& embedding, const at::Tensor& id
                                const std::optional<at::Tensor>& seed_rows,
                                const std::optional<at::Tensor>& offset_rows, bool gaussian,
                                double sigma) {
-  TORCH_CHECK(ids.is_cuda(), "softkernels.mix_embeddings: tensors must be on a CUDA device");
+  TORCH_CHECK(SK_ON_DEVICE(ids), "softkernels.mix_embeddings: tensors must be on a CUDA device");
   const MixShape sh = check_mix_inputs(embedding, ids, weights, seed_rows, offset_rows);
   TORCH_CHECK(sh.N <= std::numeric_limits<int32_t>::max(),
               "softkernels.mix_embeddings: N must be below 2^31 on CUDA, got ", sh.N);

@@ -7,6 +7,7 @@
 #include <cstdint>
 
 #include "common/route.h"
+#include "cuda/launch.h"
 #include "cuda/soft_embed_fwd.h"
 #include "route_host.h"
 
@@ -31,7 +32,7 @@ __global__ void route_kernel(const T* entropy, const T* max_prob, const int64_t*
 }
 
 RouteOutputs route_step_cuda(SK_ROUTE_STEP_CPP_PARAMS) {
-  TORCH_CHECK(entropy.is_cuda(), "softkernels.route_step: tensors must be on a CUDA device");
+  TORCH_CHECK(SK_ON_DEVICE(entropy), "softkernels.route_step: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(entropy.device());
   RouteCall c = prepare_route_step(SK_ROUTE_STEP_CPP_ARGS);
   RouteOutputs& outs = c.outs;
@@ -43,13 +44,13 @@ RouteOutputs route_step_cuda(SK_ROUTE_STEP_CPP_PARAMS) {
   constexpr int kT = 256;
   const dim3 grid(static_cast<unsigned>((B + kT - 1) / kT));
   if (entropy.scalar_type() == at::kDouble) {
-    route_kernel<double><<<grid, kT, 0, stream>>>(
+    SK_LAUNCH(grid, kT, 0, stream, route_kernel<double>)(
         entropy.data_ptr<double>(), max_prob.data_ptr<double>(), next_ids.data_ptr<int64_t>(),
         phase.data_ptr<int8_t>(), low_count.data_ptr<int32_t>(), think_steps.data_ptr<int32_t>(),
         cfg, B, mode.data_ptr<int8_t>(), token.data_ptr<int64_t>(), phase_out.data_ptr<int8_t>(),
         low_out.data_ptr<int32_t>(), steps_out.data_ptr<int32_t>());
   } else {
-    route_kernel<float><<<grid, kT, 0, stream>>>(
+    SK_LAUNCH(grid, kT, 0, stream, route_kernel<float>)(
         entropy.data_ptr<float>(), max_prob.data_ptr<float>(), next_ids.data_ptr<int64_t>(),
         phase.data_ptr<int8_t>(), low_count.data_ptr<int32_t>(), think_steps.data_ptr<int32_t>(),
         cfg, B, mode.data_ptr<int8_t>(), token.data_ptr<int64_t>(), phase_out.data_ptr<int8_t>(),

@@ -99,7 +99,7 @@ void dispatch_float(at::ScalarType t, const char* name, F&& f) {
 
 SelectOutputs select_rows_cuda(const at::Tensor& scores, double threshold) {
   check_select_inputs(scores);
-  TORCH_CHECK(scores.is_cuda(), "softkernels.select_rows: scores must be on a CUDA device");
+  TORCH_CHECK(SK_ON_DEVICE(scores), "softkernels.select_rows: scores must be on a CUDA device");
   TORCH_CHECK(scores.size(0) < std::numeric_limits<int>::max(),
               "softkernels.select_rows: more than 2^31 - 1 rows");
   const c10::cuda::CUDAGuard guard(scores.device());
@@ -109,7 +109,7 @@ SelectOutputs select_rows_cuda(const at::Tensor& scores, double threshold) {
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   dispatch_float(scores.scalar_type(), "select_rows", [&](auto tag) {
     using S = decltype(tag);
-    select_rows_kernel<S><<<1, kSelectThreads, 0, stream>>>(
+    SK_LAUNCH(1, kSelectThreads, 0, stream, select_rows_kernel<S>)(
         scores.data_ptr<S>(), B, threshold, idx.data_ptr<int64_t>(), count.data_ptr<int64_t>());
   });
   check_launch("select_rows launch");
@@ -119,7 +119,7 @@ SelectOutputs select_rows_cuda(const at::Tensor& scores, double threshold) {
 void add_rows_cuda(const at::Tensor& logits, const at::Tensor& src, const at::Tensor& idx,
                    const at::Tensor& count) {
   check_add_rows_inputs(logits, src, idx, count);
-  TORCH_CHECK(logits.is_cuda(), "softkernels.add_rows_: tensors must be on a CUDA device");
+  TORCH_CHECK(SK_ON_DEVICE(logits), "softkernels.add_rows_: tensors must be on a CUDA device");
   const c10::cuda::CUDAGuard guard(logits.device());
   const int64_t B = logits.size(0), V = logits.size(1);
   if (B == 0 || V == 0 || src.size(0) == 0 || idx.size(0) == 0) return;
@@ -127,7 +127,7 @@ void add_rows_cuda(const at::Tensor& logits, const at::Tensor& src, const at::Te
   const int64_t blocks = std::min<int64_t>((V + kAddThreads - 1) / kAddThreads, 65535);
   dispatch_float(logits.scalar_type(), "add_rows_", [&](auto tag) {
     using S = decltype(tag);
-    add_rows_kernel<S><<<static_cast<unsigned>(blocks), kAddThreads, 0, stream>>>(
+    SK_LAUNCH(static_cast<unsigned>(blocks), kAddThreads, 0, stream, add_rows_kernel<S>)(
         logits.data_ptr<S>(), B, V, logits.stride(0), src.data_ptr<S>(), src.size(0),
         src.stride(0), idx.data_ptr<int64_t>(), idx.size(0), count.data_ptr<int64_t>());
   });

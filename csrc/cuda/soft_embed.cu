@@ -25,17 +25,6 @@ void throw_cuda_error(cudaError_t err, const char* what) {
 
 namespace {
 
-int dtype_tag(at::ScalarType t, const char* name) {
-  switch (t) {
-    case at::kFloat: return kTagF32;
-    case at::kDouble: return kTagF64;
-    case at::kBFloat16: return kTagBF16;
-    case at::kHalf: return kTagF16;
-    default: TORCH_CHECK(false, "softkernels: ", name, " must be float32/float64/bfloat16/float16");
-  }
-  return 0;
-}
-
 void check_cuda(cudaError_t err, const char* what) {
   if (err != cudaSuccess) throw_cuda_error(err, what);
 }
@@ -44,8 +33,6 @@ SoftEmbedOutputs soft_embed_cuda(SK_SOFT_EMBED_CPP_PARAMS) {
   TORCH_CHECK(logits.is_cuda(), "softkernels: logits must be a CUDA tensor");
   const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
   const SoftEmbedShape& sh = c.sh;
-  const RowParamSource& rs = c.rs;
-  const NoiseParams& np = c.np;
   const int ltag = dtype_tag(logits.scalar_type(), "logits");
   const int etag = dtype_tag(embedding.scalar_type(), "embedding");
   TORCH_CHECK(sh.V < std::numeric_limits<int32_t>::max(),
@@ -73,8 +60,7 @@ SoftEmbedOutputs soft_embed_cuda(SK_SOFT_EMBED_CPP_PARAMS) {
   auto* base = static_cast<unsigned char*>(ws.data_ptr());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   if (plan.S > 1) check_cuda(cudaMemsetAsync(base, 0, sh.B * 4, stream), "cudaMemsetAsync");
-  const FwdArgs a = make_fwd_args(logits, embedding, sh, rs, np, hard, hard_ids, etag, outs, plan,
-                                  base);
+  const FwdArgs a = make_fwd_args(logits, embedding, c, etag, outs, plan, base);
 
   switch (ltag) {
     case kTagF32: launch_soft_embed_fwd<float>(a, smem, stream); break;

@@ -21,6 +21,7 @@
 #include "common/params.h"
 #include "cuda/cuda_common.cuh"
 #include "cuda/soft_embed_fwd.h"
+#include "cuda/soft_embed_fwd_host.h"
 #include "soft_embed_host.h"
 
 namespace softkernels::cuda {
@@ -63,7 +64,7 @@ SK_DEV T round_to(T v) {
 template <typename scalar_t>
 __global__ void __launch_bounds__(kBwdThreads) bwd_logits_kernel(const BwdLogitsArgs a) {
   using T = acc_t<scalar_t>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  SK_DYN_SMEM(smem_raw);
   T* c = reinterpret_cast<T*>(smem_raw);  // [k]
   T* vals = c + a.k;                      // wc, zmax, sum, gsum
   const int64_t b = blockIdx.x;
@@ -179,25 +180,14 @@ void check_launch(const char* what) {
   if (err != cudaSuccess) throw_cuda_error(err, what);
 }
 
-int tag_of(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return kTagF32;
-    case at::kDouble: return kTagF64;
-    case at::kBFloat16: return kTagBF16;
-    case at::kHalf: return kTagF16;
-    default: TORCH_CHECK(false, "softkernels: unsupported dtype ", t);
-  }
-  return 0;
-}
-
 std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(SK_SOFT_EMBED_BACKWARD_CPP_PARAMS) {
-  TORCH_CHECK(logits.is_cuda(), "softkernels: logits must be a CUDA tensor");
+  TORCH_CHECK(SK_ON_DEVICE(logits), "softkernels: logits must be a CUDA tensor");
   SoftEmbedBackwardCall c = prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_CPP_ARGS);
   const int64_t B = c.B, k = c.k;
   const OptTensor &ge = c.ge, &gw = c.gw, &gn = c.gn;
   const RowParamSource& rs = c.rs;
-  const int ltag = tag_of(logits.scalar_type());
-  const int etag = tag_of(embedding.scalar_type());
+  const int ltag = dtype_tag(logits.scalar_type(), "logits");
+  const int etag = dtype_tag(embedding.scalar_type(), "embedding");
 
   const c10::cuda::CUDAGuard guard(logits.device());
   at::Tensor &grad_logits = c.grad_logits, &grad_embedding = c.grad_embedding;
@@ -231,12 +221,18 @@ std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(SK_SOFT_EMBED_BACKWA
     const size_t smem = static_cast<size_t>(k + 4) * tsize;  // k <= 1024: at most 8 KB
     const dim3 grid(static_cast<unsigned>(B));
     switch (ltag) {
-      case kTagF32: bwd_logits_kernel<float><<<grid, kBwdThreads, smem, stream>>>(a); break;
-      case kTagF64: bwd_logits_kernel<double><<<grid, kBwdThreads, smem, stream>>>(a); break;
-      case kTagBF16:
-        bwd_logits_kernel<c10::BFloat16><<<grid, kBwdThreads, smem, stream>>>(a);
+      case kTagF32:
+        SK_LAUNCH(grid, kBwdThreads, smem, stream, bwd_logits_kernel<float>)(a);
         break;
-      default: bwd_logits_kernel<c10::Half><<<grid, kBwdThreads, smem, stream>>>(a); break;
+      case kTagF64:
+        SK_LAUNCH(grid, kBwdThreads, smem, stream, bwd_logits_kernel<double>)(a);
+        break;
+      case kTagBF16:
+        SK_LAUNCH(grid, kBwdThreads, smem, stream, bwd_logits_kernel<c10::BFloat16>)(a);
+        break;
+      default:
+        SK_LAUNCH(grid, kBwdThreads, smem, stream, bwd_logits_kernel<c10::Half>)(a);
+        break;
     }
     check_launch("soft_embed_backward (logits)");
   }
@@ -258,22 +254,22 @@ std::tuple<at::Tensor, at::Tensor> soft_embed_backward_cuda(SK_SOFT_EMBED_BACKWA
     const void* W = weights.data_ptr();
     switch (etag) {
       case kTagF32:
-        bwd_embedding_kernel<float><<<grid, kBwdThreads, 0, stream>>>(
+        SK_LAUNCH(grid, kBwdThreads, 0, stream, bwd_embedding_kernel<float>)(
             sp, pp, W, w_double, ge->data_ptr<float>(), n, k, D, Ve,
             grad_embedding.data_ptr<float>());
         break;
       case kTagF64:
-        bwd_embedding_kernel<double><<<grid, kBwdThreads, 0, stream>>>(
+        SK_LAUNCH(grid, kBwdThreads, 0, stream, bwd_embedding_kernel<double>)(
             sp, pp, W, w_double, ge->data_ptr<double>(), n, k, D, Ve,
             grad_embedding.data_ptr<double>());
         break;
       case kTagBF16:
-        bwd_embedding_kernel<c10::BFloat16><<<grid, kBwdThreads, 0, stream>>>(
+        SK_LAUNCH(grid, kBwdThreads, 0, stream, bwd_embedding_kernel<c10::BFloat16>)(
             sp, pp, W, w_double, ge->data_ptr<c10::BFloat16>(), n, k, D, Ve,
             grad_embedding.data_ptr<c10::BFloat16>());
         break;
       default:
-        bwd_embedding_kernel<c10::Half><<<grid, kBwdThreads, 0, stream>>>(
+        SK_LAUNCH(grid, kBwdThreads, 0, stream, bwd_embedding_kernel<c10::Half>)(
             sp, pp, W, w_double, ge->data_ptr<c10::Half>(), n, k, D, Ve,
             grad_embedding.data_ptr<c10::Half>());
         break;

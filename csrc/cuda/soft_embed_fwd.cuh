@@ -881,7 +881,7 @@ template <typename scalar_t>
 __global__ void __launch_bounds__(kThreads, sizeof(scalar_t) == 8 ? 2 : 4) soft_embed_fwd_kernel(const FwdArgs a) {
   using T = acc_t<scalar_t>;
   constexpr int CPT = kEPT / Vec<scalar_t>::N;
-  extern __shared__ __align__(16) unsigned char sk_smem[];
+  SK_DYN_SMEM(sk_smem);
   // B * S < 2^31 (checked by the launcher): 32-bit arithmetic.
   const unsigned nS = static_cast<unsigned>(a.S);
   const unsigned bu = blockIdx.x / nS;

@@ -23,6 +23,18 @@ struct FwdPlan {
   int64_t off_stats, off_z, off_id, ws_bytes;
 };
 
+// The DTypeTag of a floating dtype (the preambles have checked it; `name`: the argument).
+inline int dtype_tag(at::ScalarType t, const char* name) {
+  switch (t) {
+    case at::kFloat: return kTagF32;
+    case at::kDouble: return kTagF64;
+    case at::kBFloat16: return kTagBF16;
+    case at::kHalf: return kTagF16;
+    default: TORCH_CHECK(false, "softkernels: ", name, " must be float32/float64/bfloat16/float16");
+  }
+  return 0;
+}
+
 inline int64_t fwd_align256(int64_t x) { return (x + 255) / 256 * 256; }
 
 inline FwdPlan plan_fwd(const SoftEmbedShape& sh, bool f64_logits) {
@@ -49,10 +61,10 @@ inline FwdPlan plan_fwd(const SoftEmbedShape& sh, bool f64_logits) {
 }
 
 inline FwdArgs make_fwd_args(const at::Tensor& logits, const at::Tensor& embedding,
-                             const SoftEmbedShape& sh, const RowParamSource& rs,
-                             const NoiseParams& np, const OptTensor& hard,
-                             const OptTensor& hard_ids, int emb_tag, const SoftEmbedOutputs& outs,
+                             const SoftEmbedCall& c, int emb_tag, const SoftEmbedOutputs& outs,
                              const FwdPlan& plan, unsigned char* ws) {
+  const SoftEmbedShape& sh = c.sh;
+  const NoiseParams& np = c.np;
   const auto& [embeds, ids, weights, entropy, max_prob, noise, status] = outs;
   FwdArgs a{};
   a.logits = logits.data_ptr();
@@ -68,10 +80,10 @@ inline FwdArgs make_fwd_args(const at::Tensor& logits, const at::Tensor& embeddi
   a.S = static_cast<int>(plan.S);
   a.L = kSlice;
   a.stage_cap = plan.stage_cap;
-  a.rs = rs;
+  a.rs = c.rs;
   a.np = np;
-  a.hard = hard ? hard->data_ptr<bool>() : nullptr;
-  a.hard_ids = hard_ids ? hard_ids->data_ptr<int64_t>() : nullptr;
+  a.hard = c.hard;
+  a.hard_ids = c.hard_ids;
   a.embeds = embeds.data_ptr();
   a.ids = ids.data_ptr<int64_t>();
   a.weights = weights.data_ptr();

@@ -1,7 +1,10 @@
-"""The CUDA soft_embed forward's device code, run on the CPU by the emulator, against the CPU
-kernel: the checks of tests/test_cuda.py (same ids, status flags, weights / statistics / embeds
-within fp32 rounding, NaN-poisoned bad rows, bitwise determinism across thread and block
-schedules, bitwise batch invariance). Usage: python tools/cuda_emu/check.py [--quick] [-k NAME]"""
+"""The CUDA kernels' device code, run on the CPU by the emulator, against the CPU kernels.
+soft_embed forward: the checks of tests/test_cuda.py (same ids, status flags, weights /
+statistics / embeds within fp32 rounding, NaN-poisoned bad rows, bitwise determinism across
+thread and block schedules, bitwise batch invariance). The other ops (their csrc/cuda launchers
+as built for the GPU): soft_embed_backward, the log-probs and their backward, route_step,
+mix_embeddings, select_rows / add_rows_ on random inputs, to the CPU kernels' rounding or
+bitwise. Usage: python tools/cuda_emu/check.py [--quick] [-k NAME]"""
 import argparse
 import math
 import pathlib
@@ -279,6 +282,185 @@ def soft_grpo_noise_and_ties(quick):
         for kw in (dict(k=6, top_k=4), dict(k=12, top_p=0.4), dict(k=40, top_k=30, top_p=0.9)):
             both(ties, emb, f"V{V} ties keep_all {kw}", ties="keep_all",
                  temperature=torch.linspace(0.5, 1.5, B, dtype=torch.float64), **kw)
+
+# ---- the other launchers (csrc/cuda/<op>.cu run by the emulator), against the CPU kernels -----
+
+def emu_grads(ops, seed, fn):
+    """fn() under the emulation of ``ops`` (schedule ``seed``)."""
+    with emulated(seed=seed, ops=ops):
+        return fn()
+
+
+@case
+def soft_embed_backward(quick):
+    # The CPU forward's outputs, the emulated CUDA backward: gradients of logits and table
+    # (rows share their top tokens, so the table gradient sums over rows), bitwise repeatable
+    # across schedules.
+    B, V, D = (6, 9000, 24) if quick else (10, 20000, 40)
+    for ldtype, edtype, noise in [(torch.float32, torch.float32, "none"),
+                                  (torch.float64, torch.float64, "gumbel"),
+                                  (torch.bfloat16, torch.bfloat16, "gaussian"),
+                                  (torch.float16, torch.float32, "dirichlet"),
+                                  (torch.float32, torch.bfloat16, "gumbel")]:
+        torch.manual_seed(21)
+        base = (torch.randn(B, V, dtype=torch.float64) * 3)
+        base[:, :4] += 12.0
+        base = base.to(ldtype)
+        emb0 = torch.randn(V + 2, D).to(edtype)
+        hard = torch.zeros(B, dtype=torch.bool)
+        hard[[1, B - 2]] = True
+        kw = dict(k=7, noise=NOISES[noise], temperature=0.8, top_k=20, top_p=0.95, seed=3,
+                  offset=1, hard=hard)
+
+        def grads():
+            logits = base.clone().requires_grad_()
+            emb = emb0.clone().requires_grad_()
+            out = sk.soft_embed(logits, emb, **kw)
+            gen = torch.Generator().manual_seed(5)
+            ge = torch.randn(out.embeds.shape, generator=gen).to(out.embeds.dtype)
+            gw = torch.randn(out.weights.shape, generator=gen, dtype=out.weights.dtype)
+            loss = (out.embeds.double() * ge.double()).sum() + (out.weights * gw).sum()
+            if out.noise is not None:
+                gn = torch.randn(out.noise.shape, generator=gen, dtype=out.noise.dtype)
+                loss = loss + (torch.where(torch.isinf(out.noise), 0.0, out.noise) * gn).sum()
+            return torch.autograd.grad(loss, (logits, emb))
+
+        c = grads()
+        g = emu_grads(["soft_embed_backward"], 1, grads)
+        g2 = emu_grads(["soft_embed_backward"], 8, grads)
+        what = f"{ldtype}/{edtype} {noise}"
+        for x, y in zip(g, g2):
+            assert torch.equal(x, y), f"{what}: another schedule gives other bits"
+        _close(f"{what} grad_logits", g[0], c[0], ldtype)
+        _close(f"{what} grad_embedding", g[1], c[1], edtype,
+               scale=float(c[1].abs().max()))
+
+
+@case
+def logprob(quick):
+    from test_gumbel_logprob import TOL as LP_TOL, assert_close, make_case
+    dtypes = [torch.float32, torch.bfloat16] if quick else [torch.float32, torch.bfloat16,
+                                                               torch.float16, torch.float64]
+    for dtype in dtypes:
+        for batch, V, k in [((4, 5), 3000, 10), ((3,), 20000, 64), ((2,), 500, 1)]:
+            torch.manual_seed(31)
+            logits, ids, gp, hard = make_case(batch, V, k, dtype, neg_inf=True)
+
+            def run():
+                x = logits.clone().requires_grad_()
+                g = gp.clone().requires_grad_()
+                lp = sk.gumbel_logprob(x, ids, g, 0.5, hard=hard)
+                w = torch.randn(lp.shape, dtype=lp.dtype, generator=torch.Generator().manual_seed(2))
+                (torch.where(torch.isfinite(lp), lp, 0.0) * w).sum().backward()
+                return lp.detach(), x.grad, g.grad
+
+            c = run()
+            e = emu_grads(["gumbel_logprob", "gumbel_logprob_backward"], 1, run)
+            e2 = emu_grads(["gumbel_logprob", "gumbel_logprob_backward"], 6, run)
+            what = f"gumbel {dtype} {batch} V{V} k{k}"
+            assert all(torch.equal(a, b) for a, b in zip(e, e2)), what + ": schedule-dependent"
+            assert_close(e[0], c[0], *LP_TOL[dtype][0], what + " logprob")
+            assert_close(e[1], c[1], *LP_TOL[dtype][1], what + " grad_logits")
+            assert_close(e[2], c[2], *LP_TOL[dtype][0], what + " grad_g_prime")
+        for shape, D, sigma in [((5, 7), 2048, 0.3), ((3,), 33, "rows"), ((1,), 1, 2.0)]:
+            torch.manual_seed(32)
+            x0 = torch.randn(*shape, D).to(dtype)
+            m0 = torch.randn(D).to(dtype)
+            sg = (torch.rand(shape, dtype=torch.float64) + 0.1).to(
+                torch.float64 if dtype == torch.float64 else torch.float32) \
+                if sigma == "rows" else sigma
+
+            def run():
+                x = x0.clone().requires_grad_()
+                m = m0.clone().requires_grad_()
+                lp = sk.gaussian_logprob(x, m, sg)
+                lp.sum().backward()
+                return lp.detach(), x.grad, m.grad
+
+            c = run()
+            e = emu_grads(["gaussian_logprob", "gaussian_logprob_backward"], 2, run)
+            what = f"gaussian {dtype} {shape} D{D}"
+            assert_close(e[0], c[0], *LP_TOL[dtype][0], what + " logprob")
+            assert_close(e[1], c[1], *LP_TOL[dtype][1], what + " grad_x")
+            assert_close(e[2], c[2], *LP_TOL[dtype][1], what + " grad_mean")
+
+
+@case
+def route_step(quick):
+    B = 700
+    emu_state = sk.RouteState.start(B)
+    cpu_state = sk.RouteState.start(B)
+    torch.manual_seed(41)
+    cfg = dict(think_end_id=7, cold_stop_entropy=0.3, cold_stop_patience=3,
+               router_threshold=0.3, max_think_tokens=20)
+    for step in range(10 if quick else 30):
+        dtype = torch.float64 if step % 2 else torch.float32
+        entropy = (torch.rand(B) * 0.8).to(dtype)
+        max_prob = torch.rand(B).to(dtype)
+        next_ids = torch.randint(0, 12, (B,))
+        with emulated(seed=step, ops=["route_step"]):
+            g = sk.route_step(entropy, max_prob, next_ids, emu_state, **cfg)
+        c = sk.route_step(entropy, max_prob, next_ids, cpu_state, **cfg)
+        assert torch.equal(g.mode, c.mode) and torch.equal(g.token, c.token), step
+        for x, y in zip(g.state, c.state):
+            assert torch.equal(x, y), step
+        emu_state, cpu_state = g.state, c.state
+
+
+@case
+def mix_embeddings(quick):
+    for edtype in [torch.float32, torch.bfloat16, torch.float16, torch.float64]:
+        for noise in [None, NOISES["gaussian"], sk.Gaussian(0.05)]:
+            torch.manual_seed(51)
+            V, D = 3000, 72
+            emb = torch.randn(V, D).to(edtype)
+            ids = torch.randint(-2, V + 3, (3, 4, 9))           # some slots outside the table
+            w = torch.rand(3, 4, 9, dtype=torch.float64 if edtype == torch.float64
+                           else torch.float32)
+            w[0, 0, 3:] = 0.0
+            kw = dict(noise=noise, seed=torch.randint(0, 2 ** 40, (3, 4)), offset=5,
+                      validate=False)
+            with emulated(seed=3, ops=["mix_embeddings"]):
+                g = sk.mix_embeddings(emb, ids, w, **kw)
+            c = sk.mix_embeddings(emb, ids, w, **kw)
+            _close(f"mix {edtype} {noise}", g, c, edtype, scale=float(emb.abs().max()))
+
+
+@case
+def select_and_add_rows(quick):
+    for B in [0, 1, 7, 1023, 1024, 1025, 3001]:
+        for dtype in [torch.float32, torch.float64, torch.bfloat16, torch.float16]:
+            torch.manual_seed(B)
+            scores = torch.rand(B).to(dtype)
+            if B > 3:
+                scores[1] = float("nan")
+                scores[2] = 0.5
+            for thr in (0.5, -math.inf, math.inf, 0.06):
+                with emulated(seed=B, ops=["select_rows"]):
+                    g = sk.select_rows(scores, thr)
+                c = sk.select_rows(scores, thr)
+                assert torch.equal(g.idx, c.idx) and torch.equal(g.count, c.count), (B, dtype, thr)
+    for dtype in [torch.float32, torch.float64, torch.bfloat16, torch.float16]:
+        B, V = 11, 3000
+        torch.manual_seed(61)
+        logits = torch.randn(B, V).to(dtype)
+        src = torch.randn(B, V).to(dtype)
+        idx, count = sk.select_rows(torch.rand(B), 0.6)
+        n = int(count)
+        for s, cnt in ((src, count), (src[:n], count), (src, torch.tensor([B + 5])),
+                       (src, torch.tensor([-2])), (src, 3), (src, 0)):
+            got, want = logits.clone(), logits.clone()
+            with emulated(seed=4, ops=["add_rows_"]):
+                sk.add_rows_(got, s, idx, cnt)
+            sk.add_rows_(want, s, idx, cnt)
+            assert torch.equal(got, want), (dtype, cnt)
+        view = torch.randn(4, 3, 50).to(dtype)
+        a, b = view.clone(), view.clone()
+        rows = torch.tensor([2, 0, 2, 1])
+        with emulated(seed=5, ops=["add_rows_"]):
+            sk.add_rows_(a[:, -1], src[:3, :50], rows, torch.tensor([3]))
+        sk.add_rows_(b[:, -1], src[:3, :50], rows, torch.tensor([3]))
+        assert torch.equal(a, b), dtype
 
 
 def main():

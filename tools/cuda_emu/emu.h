@@ -34,6 +34,11 @@
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif
+// A kernel's static __shared__ variables: blocks run one at a time on one OS thread, so a
+// function-local static is shared by the block's fibers as shared memory is by its threads (it is
+// not re-poisoned between blocks). Dynamic shared memory: SK_DYN_SMEM (csrc/cuda/launch.h).
+#undef __shared__
+#define __shared__ static
 
 namespace emu {
 
@@ -78,6 +83,8 @@ struct Runtime {
   std::vector<WarpState> warps;
   std::mt19937_64 rng{1};
   bool random_order = true;
+  bool random_blocks = true;  // launches (launcher below) run their blocks in a random order
+  std::vector<unsigned char> smem;  // the running block's dynamic shared memory
   std::string error;
   std::function<void()> body;
   uint64_t syncs = 0;
@@ -302,6 +309,13 @@ inline void __syncwarp(unsigned mask = 0xFFFFFFFFu,
   emu::warp_exchange<int>(mask, 0, [](int) { return -1; }, loc);
 }
 
+namespace emu {
+// Source lane src of a shuffle if it lies in lane's segment of `width` lanes, else -1 (the
+// caller keeps its own value).
+inline int in_segment(int src, int lane, int width) {
+  return src >= 0 && (src & ~(width - 1)) == (lane & ~(width - 1)) ? src : -1;
+}
+}  // namespace emu
 template <typename T>
 T __shfl_sync(unsigned mask, T v, int src, int width = 32,
               std::source_location loc = std::source_location::current()) {
@@ -311,35 +325,20 @@ T __shfl_sync(unsigned mask, T v, int src, int width = 32,
 template <typename T>
 T __shfl_xor_sync(unsigned mask, T v, int lane_mask, int width = 32,
                   std::source_location loc = std::source_location::current()) {
-  return emu::warp_exchange<T>(
-      mask, v,
-      [&](int lane) {
-        const int s = lane ^ lane_mask;
-        return (s & ~(width - 1)) == (lane & ~(width - 1)) ? s : -1;
-      },
-      loc);
+  auto pick = [&](int lane) { return emu::in_segment(lane ^ lane_mask, lane, width); };
+  return emu::warp_exchange<T>(mask, v, pick, loc);
 }
 template <typename T>
 T __shfl_down_sync(unsigned mask, T v, unsigned delta, int width = 32,
                    std::source_location loc = std::source_location::current()) {
-  return emu::warp_exchange<T>(
-      mask, v,
-      [&](int lane) {
-        const int s = lane + static_cast<int>(delta);
-        return (s & ~(width - 1)) == (lane & ~(width - 1)) ? s : -1;
-      },
-      loc);
+  auto pick = [&](int lane) { return emu::in_segment(lane + int(delta), lane, width); };
+  return emu::warp_exchange<T>(mask, v, pick, loc);
 }
 template <typename T>
 T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                  std::source_location loc = std::source_location::current()) {
-  return emu::warp_exchange<T>(
-      mask, v,
-      [&](int lane) {
-        const int s = lane - static_cast<int>(delta);
-        return s >= 0 && (s & ~(width - 1)) == (lane & ~(width - 1)) ? s : -1;
-      },
-      loc);
+  auto pick = [&](int lane) { return emu::in_segment(lane - int(delta), lane, width); };
+  return emu::warp_exchange<T>(mask, v, pick, loc);
 }
 inline unsigned __ballot_sync(unsigned mask, int pred,
                               std::source_location loc = std::source_location::current()) {
@@ -386,42 +385,27 @@ void __stcg(T* p, T v) { *p = v; }
 inline void __threadfence() {}
 inline void __threadfence_block() {}
 
-template <typename T>
-T atomicAdd(T* p, T v) {
+// Fibers switch only at synchronisation points, so a plain read-modify-write is atomic here.
+namespace emu {
+template <typename T, typename F>
+T rmw(T* p, F f) {
   const T old = *p;
-  *p = old + v;
+  *p = f(old);
   return old;
 }
+}  // namespace emu
 template <typename T>
-T atomicMax(T* p, T v) {
-  const T old = *p;
-  *p = old > v ? old : v;
-  return old;
-}
+T atomicAdd(T* p, T v) { return emu::rmw(p, [&](T o) { return o + v; }); }
 template <typename T>
-T atomicMin(T* p, T v) {
-  const T old = *p;
-  *p = old < v ? old : v;
-  return old;
-}
+T atomicMax(T* p, T v) { return emu::rmw(p, [&](T o) { return o > v ? o : v; }); }
 template <typename T>
-T atomicOr(T* p, T v) {
-  const T old = *p;
-  *p = old | v;
-  return old;
-}
+T atomicMin(T* p, T v) { return emu::rmw(p, [&](T o) { return o < v ? o : v; }); }
 template <typename T>
-T atomicExch(T* p, T v) {
-  const T old = *p;
-  *p = v;
-  return old;
-}
+T atomicOr(T* p, T v) { return emu::rmw(p, [&](T o) { return o | v; }); }
 template <typename T>
-T atomicCAS(T* p, T cmp, T v) {
-  const T old = *p;
-  if (old == cmp) *p = v;
-  return old;
-}
+T atomicExch(T* p, T v) { return emu::rmw(p, [&](T) { return v; }); }
+template <typename T>
+T atomicCAS(T* p, T cmp, T v) { return emu::rmw(p, [&](T o) { return o == cmp ? v : o; }); }
 
 // ---- bit casts and rounding-mode arithmetic ------------------------------------------------
 inline float __uint_as_float(unsigned u) { return std::bit_cast<float>(u); }
@@ -459,3 +443,38 @@ inline float emu_ex2_approx_ftz(float x) {
   const float y = std::exp2(x);
   return (y != 0.f && std::fabs(y) < 1.17549435e-38f) ? 0.f : y;
 }
+
+// ---- kernel launches: SK_LAUNCH(grid, block, smem, stream, kernel)(args...) -------------------
+// Runs every block of the grid, one after another (in a random order when rt().random_blocks),
+// each with `smem` bytes of dynamic shared memory filled with 0xFF.
+namespace emu {
+inline unsigned char* dynamic_smem() { return rt().smem.data(); }
+
+template <typename K>
+struct Launcher {
+  dim3 grid, block;
+  size_t smem;
+  K kernel;
+  template <typename... A>
+  void operator()(A&&... args) const {
+    Runtime& r = rt();
+    if (block.y != 1 || block.z != 1) throw std::runtime_error("emu: 1-D blocks only");
+    std::vector<uint3> blocks;
+    for (unsigned z = 0; z < grid.z; ++z) {
+      for (unsigned y = 0; y < grid.y; ++y) {
+        for (unsigned x = 0; x < grid.x; ++x) blocks.push_back(uint3{x, y, z});
+      }
+    }
+    if (r.random_blocks) std::shuffle(blocks.begin(), blocks.end(), r.rng);
+    for (const uint3& b : blocks) {
+      r.smem.assign(smem > 0 ? smem : 16, 0xFF);
+      run_block(b, grid, static_cast<int>(block.x), [&] { kernel(args...); });
+    }
+  }
+};
+
+template <typename K>
+Launcher<K> launcher(dim3 grid, dim3 block, size_t smem, K kernel) {
+  return Launcher<K>{grid, block, smem, kernel};
+}
+}  // namespace emu

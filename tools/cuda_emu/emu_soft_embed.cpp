@@ -4,68 +4,35 @@
 // skemu::configure(seed, random_threads, random_blocks).
 #include <torch/library.h>
 
-#include <numeric>
+#include <limits>
 
 #include "cuda/soft_embed_fwd.cuh"
 #include "cuda/soft_embed_fwd_host.h"
 #include "soft_embed_host.h"
 
-namespace softkernels::cuda {
-// The kernel's dynamic shared memory (blocks run one at a time).
-alignas(16) unsigned char sk_smem[256 * 1024];
-}  // namespace softkernels::cuda
-
 namespace softkernels::emu_harness {
 using namespace softkernels::cuda;
 
-struct Config {
-  int64_t seed = 1;
-  bool random_threads = true;
-  bool random_blocks = true;
-};
-Config g_cfg;
-
+// Applies to every emulated launch from now on (the forward here and the launchers compiled from
+// csrc/cuda/*.cu beside it).
 void configure(int64_t seed, bool random_threads, bool random_blocks) {
-  g_cfg.seed = seed;
-  g_cfg.random_threads = random_threads;
-  g_cfg.random_blocks = random_blocks;
-}
-
-int dtype_tag(at::ScalarType t) {
-  switch (t) {
-    case at::kFloat: return kTagF32;
-    case at::kDouble: return kTagF64;
-    case at::kBFloat16: return kTagBF16;
-    case at::kHalf: return kTagF16;
-    default: TORCH_CHECK(false, "skemu: bad dtype");
-  }
-  return 0;
+  ::emu::Runtime& r = ::emu::rt();
+  r.rng.seed(static_cast<uint64_t>(seed));
+  r.random_order = random_threads;
+  r.random_blocks = random_blocks;
 }
 
 template <typename scalar_t>
 void emulate(const FwdArgs& a, int smem) {
-  TORCH_CHECK(smem <= static_cast<int>(sizeof(sk_smem)), "skemu: shared memory too large");
   const unsigned blocks = static_cast<unsigned>(a.B * a.S);
-  std::vector<unsigned> order(blocks);
-  std::iota(order.begin(), order.end(), 0u);
-  ::emu::Runtime& r = ::emu::rt();
-  r.rng.seed(static_cast<uint64_t>(g_cfg.seed));
-  r.random_order = g_cfg.random_threads;
-  if (g_cfg.random_blocks) std::shuffle(order.begin(), order.end(), r.rng);
-  for (unsigned blk : order) {
-    std::memset(sk_smem, 0xFF, static_cast<size_t>(smem));  // uninitialised shared memory
-    ::emu::run_block(uint3{blk, 0, 0}, dim3(blocks, 1, 1), kThreads,
-                     [&] { soft_embed_fwd_kernel<scalar_t>(a); });
-  }
+  SK_LAUNCH(blocks, kThreads, smem, nullptr, soft_embed_fwd_kernel<scalar_t>)(a);
 }
 
 SoftEmbedOutputs soft_embed_emu(SK_SOFT_EMBED_CPP_PARAMS) {
   const SoftEmbedCall c = prepare_soft_embed(SK_SOFT_EMBED_CPP_ARGS);
   const SoftEmbedShape& sh = c.sh;
-  const RowParamSource& rs = c.rs;
-  const NoiseParams& np = c.np;
-  const int ltag = dtype_tag(logits.scalar_type());
-  const int etag = dtype_tag(embedding.scalar_type());
+  const int ltag = dtype_tag(logits.scalar_type(), "logits");
+  const int etag = dtype_tag(embedding.scalar_type(), "embedding");
   SoftEmbedOutputs outs = allocate_outputs(logits, embedding, k, noise_kind);
   // Outputs the kernel must write: poison them so that an unwritten value shows.
   std::get<0>(outs).fill_(std::numeric_limits<double>::quiet_NaN());
@@ -82,8 +49,7 @@ SoftEmbedOutputs soft_embed_emu(SK_SOFT_EMBED_CPP_PARAMS) {
   ws.fill_(0xFF);  // uninitialised workspace
   auto* base = static_cast<unsigned char*>(ws.data_ptr());
   if (plan.S > 1) std::memset(base, 0, static_cast<size_t>(sh.B) * 4);
-  const FwdArgs a =
-      make_fwd_args(logits, embedding, sh, rs, np, hard, hard_ids, etag, outs, plan, base);
+  const FwdArgs a = make_fwd_args(logits, embedding, c, etag, outs, plan, base);
   switch (ltag) {
     case kTagF32: emulate<float>(a, plan.smem); break;
     case kTagF64: emulate<double>(a, plan.smem); break;
