@@ -64,10 +64,11 @@ class StepConfig:
     ``think_end_id`` is the resolved token id (or None); ``noise`` is absolute (a relative
     Gaussian sigma is multiplied by RMS(E) once, in :meth:`resolve`). ``eos_id`` is the token
     that finishes a row aborted by ``ColdStop(answer_abort=True)`` (None when the option is off).
-    Rows with equal StepConfigs can share one :func:`step` call.
+    ``k`` None is the whole vocabulary (k = V of the step's scores); ``ties`` is soft_embed's.
+    Rows with equal StepConfigs (ties and k included) can share one :func:`step` call.
     """
 
-    k: int
+    k: Optional[int]
     temperature: float
     top_k: int
     top_p: float
@@ -81,6 +82,7 @@ class StepConfig:
     cold_stop_normalized: bool = False
     cold_stop_answer_abort: bool = False
     eos_id: Optional[int] = None
+    ties: str = "exact"
 
     @staticmethod
     def resolve(config, think_end_id: Optional[int], embedding: torch.Tensor,
@@ -111,13 +113,14 @@ class StepConfig:
             router_threshold=None if config.router is None else config.router.threshold,
             max_think_tokens=config.max_think_tokens,
             cold_stop_normalized=cs is not None and cs.normalized,
-            cold_stop_answer_abort=abort, eos_id=eos_id if abort else None)
+            cold_stop_answer_abort=abort, eos_id=eos_id if abort else None, ties=config.ties)
 
 
 class Step(NamedTuple):
     """One step of a group of B rows.
 
-    tokens: the :class:`SoftTokens` of every row (embeds [B, D] in E's dtype, ids/weights [B, k],
+    tokens: the :class:`SoftTokens` of every row (embeds [B, D] in E's dtype, ids/weights [B, k]
+        (k = V for ``k=None``),
         entropy/max_prob [B], noise [B, k] or None).
     mode: int8 [B] 0 hard, 1 soft, 2 forced think-end (route_step's).
     token: int64 [B] the token of rows in ``force`` (top-1 slot or the think-end token).
@@ -193,7 +196,7 @@ def step(scores: torch.Tensor, embedding: torch.Tensor, cfg: StepConfig, state: 
         state = end_thinking_on(state, last_token, te)
     tok = soft_embed(scores, embedding, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
                      top_p=cfg.top_p, min_p=cfg.min_p, noise=cfg.noise, seed=seed, offset=offset,
-                     validate=validate)
+                     validate=validate, ties=cfg.ties)
     threshold = cfg.cold_stop_entropy
     if threshold is not None and cfg.cold_stop_normalized:
         # RST compares entropy / ln V; multiplying the threshold is the same rule up to rounding

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Optional
 
-from .hf.config import MAX_K, ColdStop, ConfidenceRouter, IterateHard, SoftThinkingConfig
+from .hf.config import ColdStop, ConfidenceRouter, IterateHard, SoftThinkingConfig
 from .noise import Dirichlet, Gaussian, Gumbel, TopKDirichlet, WeightGaussian
 
 __all__ = ["soft_thinking", "randomized_soft_thinking", "soft_grpo", "soft_tokens_hard_truths",
@@ -179,9 +179,10 @@ def soft_tokens_hard_truths(**overrides) -> SoftThinkingConfig:
     paper (its default); it was not re-checked against the paper's text for this preset.
 
     =====================  ================================================================
-    k = 1024 (MAX_K)       the whole distribution; softkernels caps k at 1024 (the largest
-                           mixture its kernels support): the tail beyond the 1024 most likely
-                           tokens is dropped (measured in docs/fidelity.md)
+    k = None               the whole distribution: k = V, soft_embed's full-vocabulary path
+                           (ATen ops over all V tokens; docs/semantics.md). vLLM refuses
+                           k=None: pass ``k=1024`` there (the tail beyond the 1024 most likely
+                           tokens is then dropped, measured in docs/fidelity.md)
     top_k = 0, top_p = 1,  no filter: every token of the distribution is mixed
     min_p = 0
     temperature = 0.5      the paper's soft-token CoT temperature
@@ -190,7 +191,7 @@ def soft_tokens_hard_truths(**overrides) -> SoftThinkingConfig:
     think_end="</think>"   the reasoning models' think-end tag (override per model)
     =====================  ================================================================
     """
-    base = dict(k=MAX_K, temperature=0.5, top_k=0, top_p=1.0, min_p=0.0,
+    base = dict(k=None, temperature=0.5, top_k=0, top_p=1.0, min_p=0.0,
                 noise=Gaussian(sigma=0.33, relative=True), think_end="</think>", cold_stop=None)
     return _build("soft_tokens_hard_truths", base, overrides)
 

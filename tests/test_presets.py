@@ -54,7 +54,7 @@ def test_soft_grpo_values():
 
 def test_soft_tokens_hard_truths_values():
     c = presets.soft_tokens_hard_truths()
-    assert c.k == sk.hf.config.MAX_K and (c.top_k, c.top_p, c.min_p) == (0, 1.0, 0.0)
+    assert c.k is None and (c.top_k, c.top_p, c.min_p) == (0, 1.0, 0.0)   # the whole vocabulary
     assert c.temperature == 0.5 and c.noise == sk.Gaussian(0.33, relative=True)
 
 
@@ -111,8 +111,6 @@ def test_every_preset_generates(models, name, fn, kw):
     over = dict(seed=3)
     if fn(**kw).think_end is not None:
         over["think_end"] = 7
-    if fn(**kw).k > VOCAB:             # the whole distribution of the tiny vocabulary
-        over["k"] = VOCAB
     config = fn(**kw, **over)
     sk.patch(m, config)
     out = m.generate(ids, attention_mask=mask, max_new_tokens=6, do_sample=False,
@@ -120,6 +118,7 @@ def test_every_preset_generates(models, name, fn, kw):
     sk.unpatch(m)
     tr = out.soft_trace
     assert out.sequences.shape[0] == 2 and out.sequences.shape[1] <= ids.shape[1] + 6
+    assert tr.k == (VOCAB if config.k is None else config.k) == tr.ids.shape[2]
     if config.max_think_tokens == 0:
         assert (tr.mode == 0).all()
     else:
@@ -132,3 +131,29 @@ def test_presets_travel_to_vllm(name, fn, kw):
     from softkernels.vllm.args import config_from_args, request_args
     c = fn(**kw)
     assert config_from_args(request_args(c)) == c
+
+
+def test_vllm_args_carry_ties_and_k_none():
+    from softkernels.vllm.args import config_from_args, request_args
+    for c in (sk.SoftThinkingConfig(k=None), sk.SoftThinkingConfig(ties="keep_all"),
+              sk.SoftThinkingConfig(k=None, ties="keep_all", noise=sk.Gaussian(0.2))):
+        a = request_args(c)
+        assert config_from_args(a) == c
+        assert (a["softkernels_k"] == "all") == (c.k is None)
+        assert a.get("softkernels_ties", "exact") == c.ties
+    assert "softkernels_ties" not in request_args(sk.SoftThinkingConfig())   # the default
+    # JSON null for k also means the whole vocabulary; a bad ties value is named.
+    assert config_from_args({"softkernels": 1, "softkernels_k": None}).k is None
+    with pytest.raises(ValueError, match="SoftThinkingConfig.ties"):
+        config_from_args({"softkernels": 1, "softkernels_ties": "all"})
+    with pytest.raises(TypeError, match="softkernels_k"):
+        config_from_args({"softkernels": 1, "softkernels_k": "most"})
+
+
+def test_soft_tokens_hard_truths_in_vllm_needs_an_int_k():
+    """vLLM refuses k=None (the whole vocabulary) at engine creation / request admission with a
+    ValueError naming k; the preset's documented vLLM form (k=1024) passes."""
+    from softkernels.vllm._engine import check_supported
+    with pytest.raises(ValueError, match=r"SoftThinkingConfig.k = None"):
+        check_supported(presets.soft_tokens_hard_truths())
+    check_supported(presets.soft_tokens_hard_truths(k=sk.hf.config.MAX_K))

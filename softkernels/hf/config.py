@@ -13,7 +13,8 @@ from typing import Callable, Optional, Union
 
 from .._checks import I64_MAX, I64_MIN, bool_arg, float_arg, int_arg
 from .._checks import MAX_K as _KERNEL_MAX_K
-from ..noise import Noise, noise_kind
+from ..noise import Gaussian, Noise, noise_kind
+from ..ops import TIES
 
 __all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "IterateHard", "MAX_K"]
 
@@ -167,11 +168,18 @@ class SoftThinkingConfig:
     apply to soft steps; the generation config's own ones apply to hard steps.
 
     Args:
-        k: mixture width (number of candidates mixed), 1 <= k <= 1024. Default 10.
+        k: mixture width (number of candidates mixed), 1 <= k <= 1024, or None for the whole
+            vocabulary (k = V, the model's score width; Soft Tokens, Hard Truths). With None every
+            soft step runs :func:`softkernels.soft_embed`'s full-vocabulary path (for V > 1024:
+            ATen ops over all V tokens, a [B, V] x [V, D] product per step instead of the fused
+            kernel's k rows); ``noise`` must then be None or :class:`softkernels.Gaussian`
+            (ValueError here otherwise), ``top_k`` may be any value, and a recorded
+            ``SoftTrace`` holds ids and weights of shape [B, T, V] (12 bytes per row, step and
+            token: SmolLM2's V = 49152 over 1000 steps is ~0.6 GB per row). Default 10.
         temperature: softmax temperature of the soft-token distribution (> 0). Default 0.6.
         top_k: keep the top_k most likely tokens before mixing; 0 switches it off. Values
             between 1024 and the vocabulary size are refused by the kernel (filters work inside
-            a row's 1024 most likely tokens). Default 30.
+            a row's 1024 most likely tokens), except with ``k=None``. Default 30.
         top_p: nucleus filter in (0, 1]; 1 switches it off. Default 0.95.
         min_p: drop tokens with p < min_p * max p, in [0, 1); 0 switches it off. Default 0.001.
         noise: None or any noise :func:`softkernels.soft_embed` accepts
@@ -179,6 +187,11 @@ class SoftThinkingConfig:
             WeightGaussian, DirichletGumbel); a :class:`softkernels.Gaussian` sigma is relative to
             the RMS of the input embedding matrix when ``relative=True``, resolved once per
             ``generate`` call. Default None.
+        ties: how the top_k / top_p cuts treat tokens tied with the last kept one
+            (:func:`softkernels.soft_embed`'s ``ties``): ``"exact"`` keeps exactly top_k tokens /
+            the shortest top_p prefix, equal ones by the lower id; ``"keep_all"`` keeps every
+            tied token, as FlashInfer's renorm (the Soft Thinking, RST and SofT-GRPO samplers)
+            does. Default ``"exact"``.
         think_end: the token that ends thinking: a token id (int >= 0), a string that the
             tokenizer maps to exactly one token (e.g. ``"</think>"``; pass ``tokenizer=`` to
             ``patch``, or to ``generate`` along with a per-call ``soft_thinking=`` config), or
@@ -200,7 +213,7 @@ class SoftThinkingConfig:
             ``think_end=None``): every step is then a hard step.
     """
 
-    k: int = 10
+    k: Optional[int] = 10
     temperature: float = 0.6
     top_k: int = 30
     top_p: float = 0.95
@@ -212,10 +225,12 @@ class SoftThinkingConfig:
     max_think_tokens: Optional[int] = None
     seed: Optional[int] = None
     iterate_hard: Optional[IterateHard] = None
+    ties: str = "exact"
 
     def __post_init__(self):
         c = "SoftThinkingConfig"
-        object.__setattr__(self, "k", _int(c, "k", self.k, 1, MAX_K))
+        if self.k is not None:
+            object.__setattr__(self, "k", _int(c, "k", self.k, 1, MAX_K))
         object.__setattr__(self, "temperature", _float(c, "temperature", self.temperature,
                                                        lo=0.0, hi=math.inf, lo_open=True,
                                                        hi_open=True))
@@ -230,6 +245,13 @@ class SoftThinkingConfig:
             raise TypeError(f"{c}.noise must be None or a softkernels noise (Gumbel, Dirichlet, "
                             f"Gaussian, TopKDirichlet, WeightGaussian, DirichletGumbel), got "
                             f"{type(self.noise).__name__} {self.noise!r}") from None
+        if self.k is None and self.noise is not None and not isinstance(self.noise, Gaussian):
+            # soft_embed's full-vocabulary path (k = V > 1024) has no other noise; refused here
+            # rather than at the first generate step on a large-vocabulary model.
+            raise ValueError(f"{c}: k = None (the whole vocabulary) takes noise None or "
+                             f"Gaussian(...), got noise = {self.noise!r}")
+        if not isinstance(self.ties, str) or self.ties not in TIES:
+            raise ValueError(f"{c}.ties must be one of {tuple(TIES)}, got {self.ties!r}")
         te = self.think_end
         if te is not None:
             if isinstance(te, str):

@@ -14,7 +14,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from .._checks import INT_DTYPES, check_bool, skip_data_checks
+from .._checks import INT_DTYPES, MAX_K, check_bool, skip_data_checks
 from ..mix import mix_embeddings
 from ..noise import Gaussian
 from .trace import MODE_SOFT, SoftTrace
@@ -36,6 +36,39 @@ def _embedding_module(embedding):
     raise TypeError("soft_inputs_from_trace: embedding must be the model's input embedding "
                     "(an nn.Embedding, e.g. model.get_input_embeddings()), the model itself, or "
                     f"the embedding matrix [V_e, D]; got {type(embedding).__name__}")
+
+
+def _full_vocab_mixture(fn, trace: SoftTrace, weight, gaussian: bool, validate: bool):
+    """[B, T, D]: the mixtures of a ``k=None`` trace (k = V > MAX_K slots), computed as
+    soft_embed's full-vocabulary path computes them (softkernels/full_vocab.py): per step, the
+    [B, V] weights scattered to token order times E[:V] in fp32 (fp64 for an fp64 table), plus
+    the Gaussian draw; one [B, V] x [V, D] product per step, the shapes generation used, so the
+    summation order (and the result) is the rollout's."""
+    B, T, V = trace.ids.shape
+    if V > weight.shape[0]:
+        raise ValueError(f"{fn}: the trace mixes V = {V} tokens but the embedding table has only "
+                         f"{weight.shape[0]} rows; pass the generating model's input embedding")
+    if validate and trace.ids.numel() and not skip_data_checks(trace.ids):
+        if bool(((trace.ids < 0) | (trace.ids >= V)).any()):
+            raise ValueError(f"{fn}: trace.ids holds ids outside [0, V) = [0, {V})")
+    macc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    table = weight[:V].to(macc)
+    steps = []
+    for t in range(T):
+        full = torch.zeros(B, V, dtype=macc, device=weight.device).scatter(
+            -1, trace.ids[:, t], trace.weights[:, t].to(macc))
+        acc = full @ table
+        if gaussian and trace.noise_params.sigma > 0 and B:
+            zero_e = torch.zeros(1, weight.shape[1], dtype=macc, device=weight.device)
+            slot = torch.zeros(B, 1, dtype=torch.int64, device=weight.device)
+            acc = acc + mix_embeddings(zero_e, slot, torch.zeros(B, 1, dtype=macc,
+                                                                 device=weight.device),
+                                       noise=trace.noise_params, seed=trace.seed,
+                                       offset=trace.offset[:, t], validate=False)
+        steps.append(acc.to(weight.dtype))
+    if not steps:
+        return torch.zeros(B, 0, weight.shape[1], dtype=weight.dtype, device=weight.device)
+    return torch.stack(steps, 1)
 
 
 def soft_inputs_from_trace(
@@ -141,10 +174,13 @@ def soft_inputs_from_trace(
     gaussian = isinstance(trace.noise_params, Gaussian)
     # Every step is mixed (no data-dependent shapes); torch.where keeps the soft
     # ones. Non-soft steps still hold valid slots (soft_embed ran on every row).
-    soft = mix_embeddings(weight, trace.ids, trace.weights,
-                          noise=trace.noise_params if gaussian else None,
-                          seed=trace.seed.unsqueeze(1).expand(B, T), offset=trace.offset,
-                          validate=validate)
+    if trace.ids.shape[-1] > MAX_K:
+        soft = _full_vocab_mixture(fn, trace, weight, gaussian, validate)
+    else:
+        soft = mix_embeddings(weight, trace.ids, trace.weights,
+                              noise=trace.noise_params if gaussian else None,
+                              seed=trace.seed.unsqueeze(1).expand(B, T), offset=trace.offset,
+                              validate=validate)
     if scale is not None:
         soft = soft * scale                       # as the generation hook scales them
     is_soft = (trace.mode == MODE_SOFT).unsqueeze(-1)

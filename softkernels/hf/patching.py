@@ -150,6 +150,8 @@ def _resolve_think_end(think_end, tokenizer, vocab_size: int) -> Optional[int]:
 
 
 def _check_top_k(config: SoftThinkingConfig, V: int) -> None:
+    if config.k is None:
+        return  # the full-vocabulary path takes any top_k (soft_embed(k=None))
     if _ops.MAX_POOL < config.top_k < V:
         raise ValueError(f"SoftThinkingConfig.top_k = {config.top_k} is larger than the kernels' "
                          f"candidate pool ({_ops.MAX_POOL} tokens) but smaller than the "

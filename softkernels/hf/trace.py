@@ -60,8 +60,9 @@ class SoftTrace:
 
     Scalars (what produced the soft tokens):
         prompt_length: columns of ``sequences`` before step 0 (the padded prompt length).
-        k, temperature, top_k, top_p, min_p: the soft-token parameters
-            (``softkernels.soft_embed``'s arguments of the same names).
+        k, temperature, top_k, top_p, min_p, ties: the soft-token parameters
+            (``softkernels.soft_embed``'s arguments of the same names); ``k`` is the number of
+            slots recorded, V (the scores' width) for ``SoftThinkingConfig(k=None)``.
         noise_params: the noise as applied: None, Gumbel, Dirichlet, or Gaussian with
             ``relative=False`` and the absolute sigma in embedding units (before embed_scale).
         embed_scale: the factor the model's input embedding multiplies its rows by (Gemma:
@@ -103,6 +104,7 @@ class SoftTrace:
     iterations: Optional[torch.Tensor] = None
     cold_stop_entropy: Optional[float] = None
     cold_stop_patience: Optional[int] = None
+    ties: str = "exact"
 
     @property
     def batch_size(self) -> int:
@@ -276,8 +278,10 @@ def trace_from_steps(rec: Dict[str, Optional[torch.Tensor]], generated: torch.Te
         phase=phase, valid=valid, end_step=end_step, end_reason=reason,
         seed=seed.to(dev).clone(),
         offset=torch.arange(T, dtype=torch.int64, device=dev).expand(B, T).contiguous(),
-        prompt_length=prompt_length, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
-        top_p=cfg.top_p, min_p=cfg.min_p, noise_params=cfg.noise, embed_scale=embed_scale,
+        prompt_length=prompt_length, k=ids.shape[2], temperature=cfg.temperature,
+        top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p, noise_params=cfg.noise,
+        embed_scale=embed_scale,
         think_end_id=te, max_think_tokens=cfg.max_think_tokens, iterations=iterations,
         cold_stop_entropy=cfg.cold_stop_entropy,
-        cold_stop_patience=None if cfg.cold_stop_entropy is None else cfg.cold_stop_patience)
+        cold_stop_patience=None if cfg.cold_stop_entropy is None else cfg.cold_stop_patience,
+        ties=cfg.ties)

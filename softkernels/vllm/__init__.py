@@ -22,6 +22,7 @@ from typing import Dict, Iterable, Optional
 from ..hf.config import SoftThinkingConfig
 from ..hf.trace import SoftTrace
 from .args import KEY, config_from_args, request_args
+from ._engine import check_supported
 from ._worker import SUPPORTED_VLLM, check_vllm_version, sharded_mixture
 
 __all__ = ["engine_kwargs", "request_args", "pop_traces", "pop_traces_async", "register",
@@ -74,7 +75,8 @@ def engine_kwargs(default: Optional[SoftThinkingConfig] = None) -> Dict:
         --additional-config '{"softkernels": ...}'``.
 
     Raises:
-        ValueError: the installed vLLM is not a tested version; ``default`` is invalid.
+        ValueError: the installed vLLM is not a tested version; ``default`` is invalid or has
+            ``k=None`` (the whole vocabulary is not supported in vLLM).
         TypeError: ``default`` is not a SoftThinkingConfig.
     """
     check_vllm_version()
@@ -85,6 +87,7 @@ def engine_kwargs(default: Optional[SoftThinkingConfig] = None) -> Dict:
                         f"{default!r}")
     out = {"logits_processors": [PROCESSOR], "enable_prompt_embeds": True}
     if default is not None:
+        check_supported(default)   # k=None: refused at engine creation, not per request
         out["additional_config"] = {KEY: request_args(default)}
     return out
 

@@ -28,10 +28,11 @@ import copy
 import dataclasses
 import secrets
 
+from ..hf.config import MAX_K
 from ..hf.patching import _check_top_k, _resolve_think_end
 from . import args as _args
 
-__all__ = ["install", "admit"]
+__all__ = ["install", "admit", "check_supported"]
 
 _PENALTIES = (("repetition_penalty", 1.0), ("frequency_penalty", 0.0), ("presence_penalty", 0.0))
 
@@ -47,6 +48,23 @@ def _engine_has_plugin(vllm_config) -> bool:
         "SoftThinkingLogitsProcessor") for p in procs)
 
 
+def check_supported(cfg) -> None:
+    """Refuses what the Hugging Face layer runs but the vLLM worker does not (ValueError).
+
+    ``k=None`` (the whole vocabulary): the worker keeps every step's ids and weights on the GPU
+    for the trace and the next step's mixture, [k] per request and step, and mixes with
+    ``sharded_mixture`` (a gather of k embedding rows per request); at k = V that is V int64 +
+    float32 values per generated token (~0.6 MB for V = 49152) and a [V, D] gather per step, which
+    it is not built for (nor tested with). Use k <= 1024 with vLLM, or the Hugging Face layer.
+    """
+    if cfg.k is None:
+        raise ValueError("softkernels.vllm: SoftThinkingConfig.k = None (the whole vocabulary) is "
+                         "not supported by the vLLM plug-in (its per-step trace and mixture hold "
+                         "k ids and weights per request and step, V of them here); use an int k "
+                         f"<= {MAX_K} (e.g. presets.soft_tokens_hard_truths(k={MAX_K})) or "
+                         "softkernels.patch on a Hugging Face model")
+
+
 def admit(input_processor, sampling_params) -> bool:
     """Resolves a request's soft-thinking settings in place (its private SamplingParams copy).
 
@@ -60,6 +78,7 @@ def admit(input_processor, sampling_params) -> bool:
     cfg = _args.config_from_args(extra, default)
     if cfg is None:
         return False
+    check_supported(cfg)
     if not _engine_has_plugin(vllm_config):
         raise ValueError("softkernels.vllm: this request asks for soft thinking but the engine was "
                          "not created with **softkernels.vllm.engine_kwargs(); create it with them")

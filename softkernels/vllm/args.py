@@ -2,7 +2,8 @@
 
 vLLM's OpenAI-compatible server accepts per-request ``vllm_xargs`` whose values are strings,
 numbers or lists of them, so every field of :class:`softkernels.SoftThinkingConfig` is one flat
-key here (booleans as 0/1, absent = None). The same dict works in ``SamplingParams(extra_args=...)``
+key here (booleans as 0/1, absent = None; ``k=None``, the whole vocabulary, is
+``softkernels_k: "all"``). The same dict works in ``SamplingParams(extra_args=...)``
 and in an HTTP request's ``vllm_xargs``.
 
 This module imports neither vLLM nor transformers.
@@ -29,7 +30,9 @@ _FIELDS = ("k", "temperature", "top_k", "top_p", "min_p", "noise", "noise_tau", 
            "noise_gprime",
            "think_end", "cold_stop_entropy", "cold_stop_patience", "cold_stop_answer_abort",
            "cold_stop_normalized", "router_threshold",
-           "max_think_tokens", "seed", "row")
+           "max_think_tokens", "seed", "ties", "row")
+
+_K_ALL = "all"   # softkernels_k for SoftThinkingConfig(k=None)
 
 
 def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
@@ -61,7 +64,8 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
                          "supported in vLLM (Think-at-Hard runs extra forwards per step for some "
                          "rows, which vLLM's scheduler cannot schedule); use softkernels.patch on "
                          "a Hugging Face model for it")
-    out: Dict[str, Any] = {KEY: 1, _P + "k": config.k, _P + "temperature": config.temperature,
+    out: Dict[str, Any] = {KEY: 1, _P + "k": _K_ALL if config.k is None else config.k,
+                           _P + "temperature": config.temperature,
                            _P + "top_k": config.top_k, _P + "top_p": config.top_p,
                            _P + "min_p": config.min_p}
     noise = config.noise
@@ -103,6 +107,8 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
         out[_P + "max_think_tokens"] = config.max_think_tokens
     if config.seed is not None:
         out[_P + "seed"] = config.seed
+    if config.ties != "exact":
+        out[_P + "ties"] = config.ties
     return out
 
 
@@ -182,7 +188,8 @@ def config_from_args(extra_args: Optional[Mapping[str, Any]],
     kw: Dict[str, Any] = {}
     for name in ("k", "top_k"):
         if has(name):
-            kw[name] = _int(args, _P + name)
+            kw[name] = None if name == "k" and args[_P + "k"] in (_K_ALL, None) \
+                else _int(args, _P + name)
     for name in ("temperature", "top_p", "min_p"):
         if has(name):
             kw[name] = _float(args, _P + name)
@@ -239,4 +246,6 @@ def config_from_args(extra_args: Optional[Mapping[str, Any]],
         kw["max_think_tokens"] = _int(args, _P + "max_think_tokens")
     if has("seed"):
         kw["seed"] = _int(args, _P + "seed")
+    if has("ties"):
+        kw["ties"] = args[_P + "ties"]   # SoftThinkingConfig names a bad value
     return SoftThinkingConfig(**kw)

@@ -98,8 +98,8 @@ def _same_trace(tv, th, T, cfg):
         assert int(tv.end_step[0]) == int(th.end_step[0])
     if cfg.seed is not None:
         assert int(tv.seed[0]) == int(th.seed[0])
-    assert (tv.k, tv.temperature, tv.top_k, tv.top_p, tv.min_p) == \
-        (th.k, th.temperature, th.top_k, th.top_p, th.min_p)
+    assert (tv.k, tv.temperature, tv.top_k, tv.top_p, tv.min_p, tv.ties) == \
+        (th.k, th.temperature, th.top_k, th.top_p, th.min_p, th.ties)
 
 
 def test_k1_equals_plain_greedy(llm):
@@ -121,7 +121,8 @@ def test_k1_equals_plain_greedy(llm):
     sk.SoftThinkingConfig(k=8, noise=sk.Gumbel(), seed=7),
     sk.SoftThinkingConfig(k=5, noise=sk.Gaussian(0.2), seed=3, top_p=0.9),
     sk.SoftThinkingConfig(k=3, noise=sk.Dirichlet(4.0), seed=11),
-], ids=["greedy-k4", "gumbel", "gaussian-relative", "dirichlet"])
+    sk.SoftThinkingConfig(k=4, ties="keep_all"),
+], ids=["greedy-k4", "gumbel", "gaussian-relative", "dirichlet", "keep_all"])
 def test_equals_hf_patch_token_for_token(llm, hf, cfg):
     outs = llm.generate(PROMPTS[:3], _sp(cfg), use_tqdm=False)
     traces = skv.pop_traces(llm, [o.request_id for o in outs])
@@ -277,6 +278,11 @@ def test_request_args_refuses(llm):
             max_tokens=4, extra_args={"softkernels": 1, "softkernels_k": "x"}), use_tqdm=False)
     with pytest.raises(ValueError, match="top_k"):
         llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig(top_k=5000)), use_tqdm=False)
+    # the whole vocabulary (k=None) is refused at admission and at engine creation
+    with pytest.raises(ValueError, match=r"SoftThinkingConfig.k = None"):
+        llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig(k=None)), use_tqdm=False)
+    with pytest.raises(ValueError, match=r"SoftThinkingConfig.k = None"):
+        skv.engine_kwargs(default=sk.SoftThinkingConfig(k=None))
     assert len(_tokens(llm.generate(PROMPTS[:1], _sp(sk.SoftThinkingConfig()),
                                     use_tqdm=False))[0]) > 0
 
