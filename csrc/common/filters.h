@@ -100,6 +100,19 @@ SK_HD void sort_indices_by_key_desc(const T* key, int* idx, int n) {
   }
 }
 
+// w_j = exp(key[idx[j]]) / sum over the n sorted entries, computed as a softmax (shifted by the
+// largest key, idx[0]): the normalised Gamma draws G / sum G from their logs.
+template <typename T>
+SK_HD void softmax_of_sorted_keys(const T* key, const int* idx, int n, T* w) {
+  const T top = key[idx[0]];
+  T sum = T(0);
+  for (int j = 0; j < n; ++j) {
+    w[j] = sk_exp(key[idx[j]] - top);
+    sum += w[j];
+  }
+  for (int j = 0; j < n; ++j) w[j] /= sum;
+}
+
 // Scratch space for finish_row, each array at least `pool` long.
 template <typename T>
 struct RowScratch {
@@ -243,14 +256,8 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
       sc.order[i] = i;
     }
     sort_indices_by_key_desc(sc.key, sc.order, n3);
-    // w = G / sum G over the kept slots, in log space: softmax of the log-gamma draws.
-    const T top = sc.key[sc.order[0]];
-    T sum = T(0);
-    for (int j = 0; j < nk; ++j) {
-      out_w[j] = sk_exp(sc.key[sc.order[j]] - top);
-      sum += out_w[j];
-    }
-    for (int j = 0; j < nk; ++j) out_w[j] /= sum;
+    // w = G / sum G over the kept slots.
+    softmax_of_sorted_keys(sc.key, sc.order, nk, out_w);
   } else {
     T sum = T(0);
     for (int j = 0; j < nk; ++j) sum += sc.e[j];
@@ -275,16 +282,8 @@ SK_HD void finish_row(const Candidate<T>* pool, int pool_n, int k, int64_t V,
       sc.key[i] = log_gamma_sample<T>(alpha * out_w[j], rp.seed, rp.offset, pool[i].id);
     }
     sort_indices_by_key_desc(sc.key, sc.order, nk);
-    const T top = sc.key[sc.order[0]];
-    T sum = T(0);
-    for (int j = 0; j < nk; ++j) {
-      out_w[j] = sk_exp(sc.key[sc.order[j]] - top);
-      sum += out_w[j];
-    }
-    for (int j = 0; j < nk; ++j) {
-      out_w[j] /= sum;
-      out_noise[j] = sk_exp(sc.key[sc.order[j]]);
-    }
+    softmax_of_sorted_keys(sc.key, sc.order, nk, out_w);
+    for (int j = 0; j < nk; ++j) out_noise[j] = sk_exp(sc.key[sc.order[j]]);
     for (int j = nk; j < k; ++j) out_noise[j] = T(0);
   }
 
