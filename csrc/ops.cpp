@@ -63,6 +63,35 @@ const FloatConstant kFloatConstants[] = {
     {"MAX_NOISE_PARAM", softkernels::kMaxNoiseParam},
 };
 
+// softkernels._C.SOFT_EMBED_ROW_PARAMS: one tuple per row parameter of soft_embed
+// (csrc/soft_embed_decl.h): (name, kind "real" / "int" / "key", lo, hi, lo_open, hi_open,
+// neutral).
+#define SK_ROW_PY_Real(v) PyFloat_FromDouble(static_cast<double>(v))
+#define SK_ROW_PY_Int(v) PyLong_FromLongLong(static_cast<long long>(v))
+#define SK_ROW_PY_Key(v) SK_ROW_PY_Int(v)
+#define SK_ROW_PY(X, kind, name, lo, hi, lo_open, hi_open, neutral, warp)                    \
+  Py_BuildValue("(ssNNNNN)", #name, SK_ROW_PY_KIND_##kind, SK_ROW_PY_##kind(lo),              \
+                SK_ROW_PY_##kind(hi), PyBool_FromLong(lo_open), PyBool_FromLong(hi_open),     \
+                SK_ROW_PY_##kind(neutral)),
+#define SK_ROW_PY_KIND_Real "real"
+#define SK_ROW_PY_KIND_Int "int"
+#define SK_ROW_PY_KIND_Key "key"
+
+PyObject* row_params_tuple() {
+  PyObject* items[] = {SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_PY, _)};
+  const Py_ssize_t n = static_cast<Py_ssize_t>(sizeof(items) / sizeof(items[0]));
+  PyObject* t = PyTuple_New(n);
+  if (t == nullptr) return nullptr;
+  for (Py_ssize_t i = 0; i < n; ++i) {
+    if (items[i] == nullptr) {
+      Py_DECREF(t);
+      return nullptr;
+    }
+    PyTuple_SET_ITEM(t, i, items[i]);
+  }
+  return t;
+}
+
 }  // namespace
 
 extern "C" {
@@ -77,6 +106,7 @@ PyObject* PyInit__C(void) {
       PyModule_AddStringConstant(m, "SOFT_EMBED_BACKWARD_PARAMS", SK_SOFT_EMBED_BACKWARD_NAMES) < 0) {
     return nullptr;
   }
+  if (PyModule_AddObject(m, "SOFT_EMBED_ROW_PARAMS", row_params_tuple()) < 0) return nullptr;
   for (const FloatConstant& c : kFloatConstants) {
     if (PyModule_AddObject(m, c.name, PyFloat_FromDouble(c.value)) < 0) return nullptr;
   }

@@ -1,9 +1,11 @@
 // soft_embed's parameters, declared once: name, schema type and position. Everything that lists
-// them is generated from this table: the schema string (csrc/ops.cpp and the CUDA emulation's
+// them is generated from this file: the schema string (csrc/ops.cpp and the CUDA emulation's
 // copy), the C++ parameter and argument lists of the CPU kernel, the CUDA launcher and
-// tools/cuda_emu, and the name list the Python layer reads (softkernels._C.SOFT_EMBED_PARAMS:
-// the fake kernel and autograd's bookkeeping in softkernels/ops.py). Ranges and defaults of the
-// user-facing values are in softkernels/ops.py (validation) and docs/ops.md.
+// tools/cuda_emu, the per-row parameter block of the kernels (RowParamSource / RowParams, their
+// unpacking and range check: csrc/common/params.h, filters.h, soft_embed_host.h) and what the
+// Python layer reads (softkernels._C.SOFT_EMBED_PARAMS: the fake kernel and autograd's
+// bookkeeping; softkernels._C.SOFT_EMBED_ROW_PARAMS: the validation of softkernels/ops.py and
+// hf/config.py). docs/ops.md lists what adding a parameter touches.
 //
 // SK_SOFT_EMBED_PARAMS(FIRST, NEXT) expands FIRST(type, name) for the first parameter and
 // NEXT(type, name) for each further one (NEXT adds the separating comma). Types: Tensor,
@@ -12,11 +14,62 @@
 // soft_embed_backward has its own table.
 #pragma once
 
+#include <cstdint>
+
+// The kernels' per-row parameters (the filters and the noise key). Each is one number for the
+// batch (schema `<name>`) or a [B] tensor that overrides it (`<name>_rows`: float64 for Real,
+// int64 for Int). SK_SOFT_EMBED_ROW_PARAMS(ROW, X) expands, per parameter,
+//   ROW(X, kind, name, lo, hi, lo_open, hi_open, neutral, warp)
+// kind: Real (compared and used in the kernels' stats type: float32, float64 for float64 logits),
+//   Int (int64), or Key (int64 keying the row's random stream, not a sampling filter: the
+//   Hugging Face / vLLM configs derive it per row instead of taking it as a filter field);
+// lo, hi, lo_open, hi_open: the valid values. Python raises a ValueError naming a value outside
+//   them (as the kernels will see it); the kernels re-check per-row tensors and flag the row;
+// neutral: the value that leaves a row unchanged (a filter switched off);
+// warp: 1 if the CUDA warp epilogue (csrc/cuda/soft_embed_fwd.cuh) applies the parameter itself.
+//   A row whose warp = 0 parameters are not all neutral runs filters.h's finish_row instead, so a
+//   new filter needs no device code beyond its rule in filters.h.
+// X is passed through to ROW (the caller's own macro, for tables built from this one).
+#define SK_INF __builtin_huge_val()
+#define SK_SOFT_EMBED_ROW_PARAMS(ROW, X)                                                        \
+  ROW(X, Real, temperature, 0.0, SK_INF, 1, 1, 1.0, 1)                                         \
+  ROW(X, Int, top_k, 0, INT64_MAX, 0, 0, 0, 1)                                                 \
+  ROW(X, Real, top_p, 0.0, 1.0, 1, 0, 1.0, 1)                                                  \
+  ROW(X, Real, min_p, 0.0, 1.0, 0, 1, 0.0, 1)                                                  \
+  ROW(X, Key, seed, INT64_MIN, INT64_MAX, 0, 0, 0, 1)                                          \
+  ROW(X, Key, offset, INT64_MIN, INT64_MAX, 0, 0, 0, 1)
+
+// Types of a row parameter: schema (SK_SCHEMA_*), host (RowParamSource, the [B] tensor's element)
+// and kernel (RowParams<T>). SK_ROW_FULL_RANGE_*: lo / hi that need no check.
+#define SK_ROW_SCHEMA_Real Float
+#define SK_ROW_SCHEMA_Int Int
+#define SK_ROW_SCHEMA_Key Int
+#define SK_ROW_HOST_Real double
+#define SK_ROW_HOST_Int int64_t
+#define SK_ROW_HOST_Key int64_t
+#define SK_ROW_KERNEL_Real(T) T
+#define SK_ROW_KERNEL_Int(T) int64_t
+#define SK_ROW_KERNEL_Key(T) int64_t
+#define SK_ROW_ATEN_Real at::kDouble
+#define SK_ROW_ATEN_Int at::kLong
+#define SK_ROW_ATEN_Key at::kLong
+#define SK_ROW_LOWEST_Real (-SK_INF)
+#define SK_ROW_LOWEST_Int INT64_MIN
+#define SK_ROW_LOWEST_Key INT64_MIN
+#define SK_ROW_HIGHEST_Real SK_INF
+#define SK_ROW_HIGHEST_Int INT64_MAX
+#define SK_ROW_HIGHEST_Key INT64_MAX
+
+// The row parameters in the op's schema: every scalar, then every [B] tensor (the order callers
+// of the raw op use).
+#define SK_ROW_CALL(M, T, name) M(T, name)
+#define SK_ROW_AS_SCALAR(NEXT, kind, name, ...) SK_ROW_CALL(NEXT, SK_ROW_SCHEMA_##kind, name)
+#define SK_ROW_AS_TENSOR(NEXT, kind, name, ...) NEXT(OptTensor, name##_rows)
+
 #define SK_SOFT_EMBED_PARAMS(FIRST, NEXT)                                                       \
-  FIRST(Tensor, logits) NEXT(Tensor, embedding) NEXT(Int, k) NEXT(Float, temperature)           \
-  NEXT(Int, top_k) NEXT(Float, top_p) NEXT(Float, min_p) NEXT(Int, seed) NEXT(Int, offset)       \
-  NEXT(OptTensor, temperature_rows) NEXT(OptTensor, top_k_rows) NEXT(OptTensor, top_p_rows)      \
-  NEXT(OptTensor, min_p_rows) NEXT(OptTensor, seed_rows) NEXT(OptTensor, offset_rows)            \
+  FIRST(Tensor, logits) NEXT(Tensor, embedding) NEXT(Int, k)                                    \
+  SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_AS_SCALAR, NEXT)                                              \
+  SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_AS_TENSOR, NEXT)                                              \
   NEXT(OptTensor, hard) NEXT(OptTensor, hard_ids) NEXT(Int, noise_kind) NEXT(Float, tau)          \
   NEXT(Float, scale) NEXT(Float, clamp_lo) NEXT(Float, clamp_hi) NEXT(Float, alpha)               \
   NEXT(Float, sigma) NEXT(Int, pool) NEXT(IntZero, ties)

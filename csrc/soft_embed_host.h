@@ -8,6 +8,8 @@
 #include <ATen/ops/zeros.h>
 #include <c10/util/Optional.h>
 
+#include <sstream>
+#include <string>
 #include <tuple>
 
 #include "common/filters.h"
@@ -90,34 +92,22 @@ inline SoftEmbedShape make_shape(const at::Tensor& logits, const at::Tensor& emb
   return s;
 }
 
-inline RowParamSource make_row_source(const at::Tensor& logits, double temperature,
-                                      int64_t top_k, double top_p, double min_p, int64_t seed,
-                                      int64_t offset, const OptTensor& temperature_rows,
-                                      const OptTensor& top_k_rows, const OptTensor& top_p_rows,
-                                      const OptTensor& min_p_rows, const OptTensor& seed_rows,
-                                      const OptTensor& offset_rows) {
-  const int64_t B = logits.size(0);
-  check_row_tensor(temperature_rows, "temperature", at::kDouble, B, logits);
-  check_row_tensor(top_k_rows, "top_k", at::kLong, B, logits);
-  check_row_tensor(top_p_rows, "top_p", at::kDouble, B, logits);
-  check_row_tensor(min_p_rows, "min_p", at::kDouble, B, logits);
-  check_row_tensor(seed_rows, "seed", at::kLong, B, logits);
-  check_row_tensor(offset_rows, "offset", at::kLong, B, logits);
-  RowParamSource r;
-  r.temperature = temperature;
-  r.top_k = top_k;
-  r.top_p = top_p;
-  r.min_p = min_p;
-  r.seed = seed;
-  r.offset = offset;
-  r.keep_ties = false;
-  r.temperature_rows = temperature_rows ? temperature_rows->data_ptr<double>() : nullptr;
-  r.top_k_rows = top_k_rows ? top_k_rows->data_ptr<int64_t>() : nullptr;
-  r.top_p_rows = top_p_rows ? top_p_rows->data_ptr<double>() : nullptr;
-  r.min_p_rows = min_p_rows ? min_p_rows->data_ptr<double>() : nullptr;
-  r.seed_rows = seed_rows ? seed_rows->data_ptr<int64_t>() : nullptr;
-  r.offset_rows = offset_rows ? offset_rows->data_ptr<int64_t>() : nullptr;
-  return r;
+// The per-row parameters of SK_SOFT_EMBED_ROW_PARAMS: each [B] tensor checked, then pointed to.
+#define SK_ROW_UNPACK(X, kind, name, ...)                                                   \
+  check_row_tensor(name##_rows, #name, SK_ROW_ATEN_##kind, logits.size(0), logits);          \
+  r.name = name;                                                                             \
+  r.name##_rows = name##_rows ? name##_rows->data_ptr<SK_ROW_HOST_##kind>() : nullptr;
+
+// "temperature = 0.6, top_k = 30, ..." of the scalar row parameters (for error messages).
+inline std::string row_scalars_text(const RowParamSource& r) {
+  std::ostringstream os;
+  const char* sep = "";
+#define SK_ROW_TEXT(X, kind, name, ...) \
+  os << sep << #name " = " << r.name;   \
+  sep = ", ";
+  SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_TEXT, _)
+#undef SK_ROW_TEXT
+  return os.str();
 }
 
 // Noise constants as the kernels use them (float32 for every dtype but float64): each must stay
@@ -166,9 +156,10 @@ struct SoftEmbedCall {
 inline SoftEmbedCall prepare_soft_embed(SK_SOFT_EMBED_CPP_PARAMS) {
   SoftEmbedCall c;
   c.sh = make_shape(logits, embedding, k, pool);
-  c.rs = make_row_source(logits, temperature, top_k, top_p, min_p, seed, offset,
-                         temperature_rows, top_k_rows, top_p_rows, min_p_rows, seed_rows,
-                         offset_rows);
+  {
+    RowParamSource& r = c.rs;
+    SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_UNPACK, _)
+  }
   c.np = make_noise(noise_kind, tau, scale, clamp_lo, clamp_hi, alpha, sigma);
   TORCH_CHECK(ties == kTiesExact || ties == kTiesKeepAll, "softkernels: bad ties rule ", ties);
   c.rs.keep_ties = ties == kTiesKeepAll;
@@ -184,8 +175,7 @@ inline SoftEmbedCall prepare_soft_embed(SK_SOFT_EMBED_CPP_PARAMS) {
                         ? row_params_ok(c.rs.row<double>(0), c.sh.V, k, c.np.kind, pool)
                         : row_params_ok(c.rs.row<float>(0), c.sh.V, k, c.np.kind, pool);
     TORCH_CHECK(ok, "softkernels: scalar parameters out of range or needing a candidate pool "
-                "larger than pool = ", pool, ": temperature = ", temperature, ", top_k = ", top_k,
-                ", top_p = ", top_p, ", min_p = ", min_p, " (needed pool ",
+                "larger than pool = ", pool, ": ", row_scalars_text(c.rs), " (needed pool ",
                 row_pool_size(c.sh.V, k, top_k, noise_redraws_support(c.np.kind), c.rs.keep_ties), ")");
   }
   return c;
@@ -256,8 +246,11 @@ inline SoftEmbedBackwardCall prepare_soft_embed_backward(SK_SOFT_EMBED_BACKWARD_
   }
   check_row_tensor(hard, "hard", at::kBool, c.B, logits);
   c.hard = hard ? hard->data_ptr<bool>() : nullptr;
-  c.rs = make_row_source(logits, temperature, 0, 1.0, 0.0, 0, 0, temperature_rows, {}, {}, {},
-                         {}, {});
+  c.rs = RowParamSource::neutral();
+  {
+    RowParamSource& r = c.rs;  // only the temperature: the gradient keeps the forward's slots
+    SK_ROW_UNPACK(_, Real, temperature, _)
+  }
   (void)logits_grad;
   (void)embedding_grad;
   c.grad_logits = at::zeros(logits.sizes(), logits.options());

@@ -24,6 +24,11 @@ _STATUS_NONFINITE, _STATUS_ALL_MASKED, _STATUS_BAD_HARD_ID = (
     _C.STATUS_NONFINITE, _C.STATUS_ALL_MASKED, _C.STATUS_BAD_HARD_ID)
 
 
+# The row parameters of soft_embed (softkernels.ops.ROW_PARAMS) this path applies; soft_embed
+# refuses a non-neutral value of any other.
+ROW_PARAMS_APPLIED = ("temperature", "top_k", "top_p", "min_p", "seed", "offset")
+
+
 def _rows(x, B, dtype, device):
     """A per-row parameter (number or [B] tensor) as a [B, 1] tensor."""
     if isinstance(x, torch.Tensor):

@@ -8,7 +8,7 @@ This module registers what torch.compile and autograd need, and exposes the user
 from __future__ import annotations
 
 import math
-from typing import Optional, Union
+from typing import NamedTuple, Optional, Union
 
 import torch
 
@@ -20,12 +20,11 @@ from .noise import (NOISE_DIRICHLET, NOISE_DIRICHLET_GUMBEL, NOISE_GUMBEL, NOISE
                     Gaussian, Noise, noise_constants, noise_kind)
 from .soft_tokens import SoftTokens
 
-__all__ = ["soft_embed", "MAX_K", "MAX_POOL", "TIES"]
+__all__ = ["soft_embed", "MAX_K", "MAX_POOL", "TIES", "ROW_PARAMS", "FILTERS"]
 
 # soft_embed(ties=...): name -> the kernels' code (csrc/common/macros.h TiesRule).
 TIES = {"exact": _C.TIES_EXACT, "keep_all": _C.TIES_KEEP_ALL}
 
-_I64_MIN, _I64_MAX = I64_MIN, I64_MAX
 
 # Status bits written by the kernel (csrc/common/macros.h RowStatus, exported by the extension).
 _STATUS_NONFINITE, _STATUS_ALL_MASKED, _STATUS_BAD_PARAM, _STATUS_BAD_HARD_ID = (
@@ -42,6 +41,42 @@ def _stats_dtype(logits: torch.Tensor) -> torch.dtype:
 # The raw ops' parameters in schema order, from their one declaration (csrc/soft_embed_decl.h).
 SOFT_EMBED_PARAMS = tuple(_C.SOFT_EMBED_PARAMS.split(","))
 SOFT_EMBED_BACKWARD_PARAMS = tuple(_C.SOFT_EMBED_BACKWARD_PARAMS.split(","))
+
+
+
+
+class RowParam(NamedTuple):
+    """One per-row parameter of soft_embed, as csrc/soft_embed_decl.h declares it: a number for the
+    batch or a [B] tensor; valid values in [lo, hi] (either end open); ``neutral`` leaves a row
+    unchanged. ``kind`` is "real", "int" or "key" (an int64 keying the random stream)."""
+    name: str
+    kind: str
+    lo: Union[int, float]
+    hi: Union[int, float]
+    lo_open: bool
+    hi_open: bool
+    neutral: Union[int, float]
+
+    @property
+    def integer(self) -> bool:
+        return self.kind != "real"
+
+    @property
+    def bounded(self) -> bool:
+        """Whether some values of its type are out of range (the kernels check per-row tensors)."""
+        return not (self.integer and self.lo == I64_MIN and self.hi == I64_MAX)
+
+    def check(self, fn: str, value, **common):
+        """(scalar, [B] tensor or None): softkernels._checks.row_param with this range."""
+        return row_param(fn, self.name, value, integer=self.integer, lo=self.lo, hi=self.hi,
+                         lo_open=self.lo_open, hi_open=self.hi_open, **common)
+
+
+# soft_embed's per-row parameters in schema order (temperature, top_k, top_p, min_p, seed, offset)
+# and the sampling filters among them (all but the random-stream keys): what SoftThinkingConfig
+# carries to soft_embed.
+ROW_PARAMS = {p[0]: RowParam(*p) for p in _C.SOFT_EMBED_ROW_PARAMS}
+FILTERS = tuple(n for n, p in ROW_PARAMS.items() if p.kind != "key")
 
 
 @torch.library.register_fake("softkernels::soft_embed")
@@ -281,21 +316,15 @@ def soft_embed(
     # values they will see.
     f32 = logits.dtype != torch.float64
     common = dict(B=B, device=device, check_data=check_data, f32=f32)
-    temperature_s, temperature_t = row_param(fn, "temperature", temperature, integer=False,
-                                             lo=0.0, hi=math.inf, lo_open=True, hi_open=True,
-                                             **common)
-    _check_inverse_temperature(fn, temperature_s, temperature_t, f32, check_data)
-    # top_k >= V keeps every token, like top_k = 0 (as Hugging Face's top-k warper clamps).
-    top_k_s, top_k_t = row_param(fn, "top_k", top_k, integer=True, lo=0, hi=_I64_MAX,
-                                 lo_open=False, hi_open=False, **common)
-    top_p_s, top_p_t = row_param(fn, "top_p", top_p, integer=False, lo=0.0, hi=1.0, lo_open=True,
-                                 hi_open=False, **common)
-    min_p_s, min_p_t = row_param(fn, "min_p", min_p, integer=False, lo=0.0, hi=1.0,
-                                 lo_open=False, hi_open=True, **common)
-    seed_s, seed_t = row_param(fn, "seed", seed, integer=True, lo=_I64_MIN, hi=_I64_MAX,
-                               lo_open=False, hi_open=False, **common)
-    offset_s, offset_t = row_param(fn, "offset", offset, integer=True, lo=_I64_MIN, hi=_I64_MAX,
-                                   lo_open=False, hi_open=False, **common)
+    # The row parameters by name, each checked against its declared range (ROW_PARAMS): a new
+    # one needs only its keyword above.
+    given = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed,
+                 offset=offset)
+    scalars, rows = {}, {}
+    for name, p in ROW_PARAMS.items():
+        scalars[name], rows[name] = p.check(fn, given[name], **common)
+    _check_inverse_temperature(fn, scalars["temperature"], rows["temperature"], f32, check_data)
+    top_k_s, top_k_t = scalars["top_k"], rows["top_k"]
 
     # Candidate pool: the filters run inside each row's P most likely tokens (P <= 1024).
     dirichlet = kind in (NOISE_DIRICHLET, NOISE_DIRICHLET_GUMBEL)  # they redraw the support
@@ -361,15 +390,15 @@ def soft_embed(
                             noise.absolute(embedding).sigma, lo=0.0, hi=_C.MAX_NOISE_PARAM)
 
     if full:
-        from .full_vocab import soft_embed_full
+        from .full_vocab import ROW_PARAMS_APPLIED, soft_embed_full
+        for name in ROW_PARAMS.keys() - set(ROW_PARAMS_APPLIED):
+            if rows[name] is not None or scalars[name] != ROW_PARAMS[name].neutral:
+                raise ValueError(f"{fn}: the full-vocabulary mixture (k = V = {V} > {MAX_K}) does "
+                                 f"not apply {name}; leave it at {ROW_PARAMS[name].neutral}")
         out, status = soft_embed_full(
-            logits, embedding, temperature=temperature_s if temperature_t is None else
-            temperature_t, top_k=top_k_s if top_k_t is None else top_k_t,
-            top_p=top_p_s if top_p_t is None else top_p_t,
-            min_p=min_p_s if min_p_t is None else min_p_t, noise=noise, sigma=sigma,
-            seed=seed_s if seed_t is None else seed_t,
-            offset=offset_s if offset_t is None else offset_t, hard=hard, hard_ids=hard_ids,
-            keep_ties=keep_ties)
+            logits, embedding, noise=noise, sigma=sigma, hard=hard, hard_ids=hard_ids,
+            keep_ties=keep_ties, **{n: scalars[n] if rows[n] is None else rows[n]
+                                    for n in ROW_PARAMS_APPLIED})
         if check_data and B > 0:
             _raise_for_status(status, B)
         return out
@@ -378,12 +407,13 @@ def soft_embed(
         logits = logits.contiguous()
     if embedding.stride(-1) != 1:
         embedding = embedding.contiguous()
+    args = dict(logits=logits, embedding=embedding, k=k, **scalars,
+                **{f"{n}_rows": t for n, t in rows.items()}, hard=hard, hard_ids=hard_ids,
+                noise_kind=kind, tau=tau, scale=scale, clamp_lo=clamp_lo, clamp_hi=clamp_hi,
+                alpha=alpha, sigma=sigma, pool=pool, ties=TIES[ties])
     embeds, ids, weights, entropy, max_prob, g_prime, status = torch.ops.softkernels.soft_embed(
-        logits, embedding, k, temperature_s, top_k_s, top_p_s, min_p_s, seed_s, offset_s,
-        temperature_t, top_k_t, top_p_t, min_p_t, seed_t, offset_t, hard, hard_ids, kind, tau,
-        scale, clamp_lo, clamp_hi, alpha, sigma, pool, TIES[ties])
+        *(args[n] for n in SOFT_EMBED_PARAMS))
     if check_data and B > 0:
-        _raise_for_status(status, B, dict(temperature=temperature_t, top_k=top_k_t,
-                                          top_p=top_p_t, min_p=min_p_t))
+        _raise_for_status(status, B, {n: rows[n] for n, p in ROW_PARAMS.items() if p.bounded})
     return SoftTokens(embeds, ids, weights, entropy, max_prob,
                       g_prime if kind in NOISE_WITH_SLOTS else None)

@@ -12,19 +12,34 @@
 #include "common/math.h"
 #include "common/philox.h"
 #include "common/row_state.h"
+#include "soft_embed_decl.h"
 
 namespace softkernels {
 
+// One row's parameters as the kernels use them: one field per entry of
+// SK_SOFT_EMBED_ROW_PARAMS (csrc/soft_embed_decl.h), plus what is derived from them.
 template <typename T>
 struct RowParams {
-  T inv_temp;
-  int64_t top_k;  // 0 = off
-  T top_p;        // 1 = off
-  T min_p;        // 0 = off
-  int64_t seed;
-  int64_t offset;
-  bool keep_ties = false;  // TiesRule kTiesKeepAll
+#define SK_ROW_FIELD(X, kind, name, ...) SK_ROW_KERNEL_##kind(T) name;
+  SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_FIELD, _)
+#undef SK_ROW_FIELD
+  T inv_temp;              // 1 / temperature, rounded once from float64
+  bool keep_ties = false;  // TiesRule kTiesKeepAll (one value for the batch)
+
+  // True when the parameters the CUDA warp epilogue does not apply are all neutral.
+  SK_HD bool warp_epilogue_ok() const {
+#define SK_ROW_WARP_OK(X, kind, name, lo, hi, lo_open, hi_open, neutral, warp) \
+  &&(warp || name == static_cast<SK_ROW_KERNEL_##kind(T)>(neutral))
+    return true SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_WARP_OK, _);
+#undef SK_ROW_WARP_OK
+  }
 };
+
+// v in [lo, hi] with either end open; NaN is never in range.
+template <typename V>
+SK_HD bool row_value_in_range(V v, V lo, V hi, bool lo_open, bool hi_open) {
+  return (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+}
 
 struct NoiseParams {
   int kind;  // NoiseKind
@@ -56,10 +71,16 @@ SK_HD int64_t row_pool_size(int64_t V, int64_t k, int64_t top_k, bool dirichlet,
 template <typename T>
 SK_HD bool row_params_ok(const RowParams<T>& rp, int64_t V, int64_t k, int noise_kind,
                          int64_t pool_bound) {
+#define SK_ROW_RANGE_OK(X, kind, name, lo, hi, lo_open, hi_open, ...)                           \
+  if (!row_value_in_range<SK_ROW_KERNEL_##kind(T)>(                                             \
+          rp.name, static_cast<SK_ROW_KERNEL_##kind(T)>(lo),                                    \
+          static_cast<SK_ROW_KERNEL_##kind(T)>(hi), lo_open, hi_open))                          \
+    return false;
+  SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_RANGE_OK, _)
+#undef SK_ROW_RANGE_OK
+  // The kernels multiply by 1 / temperature: a temperature that is in range may still have an
+  // inverse that overflows.
   if (!(rp.inv_temp > T(0)) || rp.inv_temp == sk_inf<T>()) return false;
-  if (rp.top_k < 0) return false;  // top_k >= V means off
-  if (!(rp.top_p > T(0) && rp.top_p <= T(1))) return false;
-  if (!(rp.min_p >= T(0) && rp.min_p < T(1))) return false;
   const int64_t p =
       row_pool_size(V, k, rp.top_k, noise_redraws_support(noise_kind), rp.keep_ties);
   return p <= pool_bound;

@@ -10,34 +10,41 @@
 namespace softkernels {
 
 struct RowParamSource {
-  double temperature;
-  int64_t top_k;
-  double top_p;
-  double min_p;
-  int64_t seed;
-  int64_t offset;
+#define SK_ROW_SOURCE_FIELD(X, kind, name, ...) \
+  SK_ROW_HOST_##kind name;                      \
+  const SK_ROW_HOST_##kind* name##_rows;  // nullptr: use the scalar
+  SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_SOURCE_FIELD, _)
+#undef SK_ROW_SOURCE_FIELD
   bool keep_ties;  // TiesRule kTiesKeepAll (one value for the batch)
-  const double* temperature_rows;  // nullptr: use the scalar
-  const int64_t* top_k_rows;
-  const double* top_p_rows;
-  const double* min_p_rows;
-  const int64_t* seed_rows;
-  const int64_t* offset_rows;
 
+  // Every parameter at its neutral value, no per-row tensors.
+  static RowParamSource neutral() {
+    RowParamSource r;
+#define SK_ROW_NEUTRAL(X, kind, name, lo, hi, lo_open, hi_open, neutral, warp) \
+  r.name = static_cast<SK_ROW_HOST_##kind>(neutral);                           \
+  r.name##_rows = nullptr;
+    SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_NEUTRAL, _)
+#undef SK_ROW_NEUTRAL
+    r.keep_ties = false;
+    return r;
+  }
+
+  // A per-row tensor of a parameter with a range: the kernel checks each row (row_params_ok).
   SK_HD bool any_rows() const {
-    return temperature_rows || top_k_rows || top_p_rows || min_p_rows;
+#define SK_ROW_ANY(X, kind, name, lo, hi, ...) \
+  || (name##_rows != nullptr && ((lo) != SK_ROW_LOWEST_##kind || (hi) != SK_ROW_HIGHEST_##kind))
+    return false SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_ANY, _);
+#undef SK_ROW_ANY
   }
 
   template <typename T>
   SK_HD RowParams<T> row(int64_t b) const {
     RowParams<T> rp;
-    const double t = temperature_rows ? temperature_rows[b] : temperature;
-    rp.inv_temp = static_cast<T>(1.0 / t);
-    rp.top_k = top_k_rows ? top_k_rows[b] : top_k;
-    rp.top_p = static_cast<T>(top_p_rows ? top_p_rows[b] : top_p);
-    rp.min_p = static_cast<T>(min_p_rows ? min_p_rows[b] : min_p);
-    rp.seed = seed_rows ? seed_rows[b] : seed;
-    rp.offset = offset_rows ? offset_rows[b] : offset;
+#define SK_ROW_GET(X, kind, name, ...) \
+  rp.name = static_cast<SK_ROW_KERNEL_##kind(T)>(name##_rows ? name##_rows[b] : name);
+    SK_SOFT_EMBED_ROW_PARAMS(SK_ROW_GET, _)
+#undef SK_ROW_GET
+    rp.inv_temp = static_cast<T>(1.0 / (temperature_rows ? temperature_rows[b] : temperature));
     rp.keep_ties = keep_ties;
     return rp;
   }

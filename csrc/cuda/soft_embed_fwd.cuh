@@ -811,8 +811,10 @@ SK_DEV void epilogue(const FwdArgs& a, int64_t b, const RowParams<T>& rp, bool p
   // The warp epilogue knows no noise, Gaussian (on the embedding) and Gumbel with k <= 32; the
   // other kinds run finish_row on one thread.
   const bool warp_kind = a.np.kind == kNoiseNone || a.np.kind == kNoiseGaussian || gumbel;
-  // keep_ties (one value per call) extends the cuts: finish_row's loops, not the warp ballots.
-  const bool warp_path = !is_hard && warp_kind && !rp.keep_ties && (!gumbel || k <= 32);
+  // keep_ties (one value per call) extends the cuts: finish_row's loops, not the warp ballots;
+  // so do row parameters the warp epilogue does not apply (warp_epilogue_ok).
+  const bool warp_path = !is_hard && warp_kind && !rp.keep_ties && rp.warp_epilogue_ok() &&
+                         (!gumbel || k <= 32);
   if (tid == 0) {
     SK_EMU_COUNT(is_hard     ? "epi.hard"
                  : warp_path ? (gumbel ? "epi.warp_gumbel" : "epi.warp")
