@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Tuple, Union
+from typing import ClassVar, Optional, Tuple, Union
 
 from . import _C
 from ._checks import bool_arg, float_arg, pair_arg
@@ -65,6 +65,8 @@ class Gumbel:
             (their trainer detaches the soft inputs).
     """
 
+    # The name of the kind in a vLLM request's extra_args (softkernels.vllm.request_args).
+    wire_name: ClassVar[str] = "gumbel"
     tau: float = 0.5
     scale: float = 1.0
     clamp: Optional[Tuple[float, float]] = (-1.5, 3.0)
@@ -100,6 +102,7 @@ class Dirichlet:
             noise.
     """
 
+    wire_name: ClassVar[str] = "dirichlet"
     alpha: float = 4.0
 
     def __post_init__(self):
@@ -122,6 +125,7 @@ class Gaussian:
             yourself, e.g. before CUDA-graph capture.
     """
 
+    wire_name: ClassVar[str] = "gaussian"
     sigma: float = 0.33
     relative: bool = True
 
@@ -155,6 +159,7 @@ class TopKDirichlet:
         alpha: concentration multiplier in [1e-30, 1e30]. Default 1.0, SofT-GRPO's value.
     """
 
+    wire_name: ClassVar[str] = "topk_dirichlet"
     alpha: float = 1.0
 
     def __post_init__(self):
@@ -178,6 +183,7 @@ class WeightGaussian:
         sigma: standard deviation in weight units, in [0, 1e30]. Default 0.05, SofT-GRPO's value.
     """
 
+    wire_name: ClassVar[str] = "weight_gaussian"
     sigma: float = 0.05
 
     def __post_init__(self):
@@ -203,6 +209,7 @@ class DirichletGumbel:
         clamp: ``(lo, hi)`` on g, or None. Default None (RST does not clamp).
     """
 
+    wire_name: ClassVar[str] = "dirichlet_gumbel"
     alpha: float = 4.0
     tau: float = 0.5
     scale: float = 1.0

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import NamedTuple, Optional, Union
+from typing import Any, NamedTuple, Optional, Tuple, Union
 
 import torch
 
@@ -69,10 +69,7 @@ class StepConfig:
     """
 
     k: Optional[int]
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
+    filters: Tuple[Tuple[str, Any], ...]   # soft_embed's filter arguments, (name, value) pairs
     noise: Optional[Noise]
     think_end_id: Optional[int]
     cold_stop_entropy: Optional[float]
@@ -106,8 +103,8 @@ class StepConfig:
                                  "answer_abort=False")
             eos_id = check_int("StepConfig.resolve", "eos_id", eos_id, 0)
         return StepConfig(
-            k=config.k, temperature=config.temperature, top_k=config.top_k, top_p=config.top_p,
-            min_p=config.min_p, noise=noise, think_end_id=think_end_id,
+            k=config.k, filters=tuple(config.filters.items()), noise=noise,
+            think_end_id=think_end_id,
             cold_stop_entropy=None if cs is None else cs.entropy_threshold,
             cold_stop_patience=256 if cs is None else cs.patience,
             router_threshold=None if config.router is None else config.router.threshold,
@@ -194,9 +191,8 @@ def step(scores: torch.Tensor, embedding: torch.Tensor, cfg: StepConfig, state: 
     te = cfg.think_end_id
     if last_token is not None:
         state = end_thinking_on(state, last_token, te)
-    tok = soft_embed(scores, embedding, k=cfg.k, temperature=cfg.temperature, top_k=cfg.top_k,
-                     top_p=cfg.top_p, min_p=cfg.min_p, noise=cfg.noise, seed=seed, offset=offset,
-                     validate=validate, ties=cfg.ties)
+    tok = soft_embed(scores, embedding, k=cfg.k, **dict(cfg.filters), noise=cfg.noise, seed=seed,
+                     offset=offset, validate=validate, ties=cfg.ties)
     threshold = cfg.cold_stop_entropy
     if threshold is not None and cfg.cold_stop_normalized:
         # RST compares entropy / ln V; multiplying the threshold is the same rule up to rounding

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 from .._checks import I64_MAX, I64_MIN, bool_arg, float_arg, int_arg
 from .._checks import MAX_K as _KERNEL_MAX_K
 from ..noise import Gaussian, Noise, noise_kind
-from ..ops import TIES
+from ..ops import FILTERS, ROW_PARAMS, TIES
 
 __all__ = ["SoftThinkingConfig", "ColdStop", "ConfidenceRouter", "IterateHard", "MAX_K"]
 
@@ -227,18 +227,22 @@ class SoftThinkingConfig:
     iterate_hard: Optional[IterateHard] = None
     ties: str = "exact"
 
+    @property
+    def filters(self) -> dict:
+        """soft_embed's filter arguments of this config: {"temperature": ..., "top_k": ..., ...}
+        (softkernels.ops.FILTERS)."""
+        return {n: getattr(self, n) for n in FILTERS}
+
     def __post_init__(self):
         c = "SoftThinkingConfig"
         if self.k is not None:
             object.__setattr__(self, "k", _int(c, "k", self.k, 1, MAX_K))
-        object.__setattr__(self, "temperature", _float(c, "temperature", self.temperature,
-                                                       lo=0.0, hi=math.inf, lo_open=True,
-                                                       hi_open=True))
-        object.__setattr__(self, "top_k", _int(c, "top_k", self.top_k, 0))
-        object.__setattr__(self, "top_p", _float(c, "top_p", self.top_p, lo=0.0, hi=1.0,
-                                                 lo_open=True, hi_open=False))
-        object.__setattr__(self, "min_p", _float(c, "min_p", self.min_p, lo=0.0, hi=1.0,
-                                                 lo_open=False, hi_open=True))
+        for name in FILTERS:  # soft_embed's sampling filters, in the ranges it declares
+            p = ROW_PARAMS[name]
+            v = getattr(self, name)
+            v = (_int(c, name, v, p.lo + p.lo_open, p.hi - p.hi_open) if p.integer else
+                 _float(c, name, v, lo=p.lo, hi=p.hi, lo_open=p.lo_open, hi_open=p.hi_open))
+            object.__setattr__(self, name, v)
         try:
             noise_kind(self.noise)  # every noise soft_embed accepts
         except TypeError:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass, fields, replace
-from typing import Dict, Optional
+from typing import Any, Dict, Optional
 
 import torch
 
@@ -60,9 +60,11 @@ class SoftTrace:
 
     Scalars (what produced the soft tokens):
         prompt_length: columns of ``sequences`` before step 0 (the padded prompt length).
-        k, temperature, top_k, top_p, min_p, ties: the soft-token parameters
-            (``softkernels.soft_embed``'s arguments of the same names); ``k`` is the number of
-            slots recorded, V (the scores' width) for ``SoftThinkingConfig(k=None)``.
+        k, filters, ties: the soft-token parameters (``softkernels.soft_embed``'s arguments):
+            ``k`` is the number of slots recorded, V (the scores' width) for
+            ``SoftThinkingConfig(k=None)``; ``filters`` is {name: value} of the sampling filters
+            (``softkernels.ops.FILTERS``: temperature, top_k, top_p, min_p), each also readable
+            as an attribute (``trace.top_p``).
         noise_params: the noise as applied: None, Gumbel, Dirichlet, or Gaussian with
             ``relative=False`` and the absolute sigma in embedding units (before embed_scale).
         embed_scale: the factor the model's input embedding multiplies its rows by (Gemma:
@@ -93,10 +95,7 @@ class SoftTrace:
     offset: torch.Tensor
     prompt_length: int
     k: int
-    temperature: float
-    top_k: int
-    top_p: float
-    min_p: float
+    filters: Dict[str, Any]
     noise_params: Optional[Noise]
     embed_scale: Optional[float]
     think_end_id: Optional[int]
@@ -105,6 +104,14 @@ class SoftTrace:
     cold_stop_entropy: Optional[float] = None
     cold_stop_patience: Optional[int] = None
     ties: str = "exact"
+
+    def __getattr__(self, name: str):
+        # trace.temperature, trace.top_p, ...: the filters by name (only called for names that
+        # are not fields).
+        filters = self.__dict__.get("filters")
+        if filters is not None and name in filters:
+            return filters[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     @property
     def batch_size(self) -> int:
@@ -278,8 +285,8 @@ def trace_from_steps(rec: Dict[str, Optional[torch.Tensor]], generated: torch.Te
         phase=phase, valid=valid, end_step=end_step, end_reason=reason,
         seed=seed.to(dev).clone(),
         offset=torch.arange(T, dtype=torch.int64, device=dev).expand(B, T).contiguous(),
-        prompt_length=prompt_length, k=ids.shape[2], temperature=cfg.temperature,
-        top_k=cfg.top_k, top_p=cfg.top_p, min_p=cfg.min_p, noise_params=cfg.noise,
+        prompt_length=prompt_length, k=ids.shape[2], filters=dict(cfg.filters),
+        noise_params=cfg.noise,
         embed_scale=embed_scale,
         think_end_id=te, max_think_tokens=cfg.max_think_tokens, iterations=iterations,
         cold_stop_entropy=cfg.cold_stop_entropy,

@@ -11,10 +11,12 @@ This module imports neither vLLM nor transformers.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Dict, Mapping, Optional, Union
 
 from ..hf.config import ColdStop, ConfidenceRouter, SoftThinkingConfig
-from ..noise import Dirichlet, DirichletGumbel, Gaussian, Gumbel, TopKDirichlet, WeightGaussian
+from ..noise import NOISE_CLASSES
+from ..ops import FILTERS, ROW_PARAMS
 
 __all__ = ["KEY", "ROW", "request_args", "config_from_args", "row_of"]
 
@@ -24,10 +26,18 @@ _P = KEY + "_"             # prefix of every other key
 # its noise is keyed like row i of a Hugging Face batch (policy.row_seed(seed, i)).
 ROW = _P + "row"
 
+# The noise on the wire: softkernels_noise = the class's wire name (Gumbel.wire_name, "gumbel";
+# TopKDirichlet's "topk_dirichlet", ...), and softkernels_noise_<field> per field of its dataclass
+# (a clamp as noise_clamp_lo / noise_clamp_hi; absent keys take the class's defaults, an absent
+# clamp is None). A new noise class needs nothing here.
+_NOISES = {cls.wire_name: cls for cls in NOISE_CLASSES}
+_NOISE_KEYS = tuple(dict.fromkeys(
+    key for cls in NOISE_CLASSES for f in dataclasses.fields(cls)
+    for key in (("noise_clamp_lo", "noise_clamp_hi") if f.name == "clamp" else
+                ("noise_" + f.name,))))
+
 # Every key this module writes or reads (anything else with the prefix is refused).
-_FIELDS = ("k", "temperature", "top_k", "top_p", "min_p", "noise", "noise_tau", "noise_scale",
-           "noise_clamp_lo", "noise_clamp_hi", "noise_alpha", "noise_sigma", "noise_relative",
-           "noise_gprime",
+_FIELDS = ("k", *FILTERS, "noise", *_NOISE_KEYS,
            "think_end", "cold_stop_entropy", "cold_stop_patience", "cold_stop_answer_abort",
            "cold_stop_normalized", "router_threshold",
            "max_think_tokens", "seed", "ties", "row")
@@ -65,33 +75,17 @@ def request_args(config: Union[SoftThinkingConfig, bool]) -> Dict[str, Any]:
                          "rows, which vLLM's scheduler cannot schedule); use softkernels.patch on "
                          "a Hugging Face model for it")
     out: Dict[str, Any] = {KEY: 1, _P + "k": _K_ALL if config.k is None else config.k,
-                           _P + "temperature": config.temperature,
-                           _P + "top_k": config.top_k, _P + "top_p": config.top_p,
-                           _P + "min_p": config.min_p}
+                           **{_P + n: v for n, v in config.filters.items()}}
     noise = config.noise
-    if isinstance(noise, (Gumbel, DirichletGumbel)):
-        out[_P + "noise"] = "gumbel" if isinstance(noise, Gumbel) else "dirichlet_gumbel"
-        out[_P + "noise_tau"] = noise.tau
-        out[_P + "noise_scale"] = noise.scale
-        if noise.clamp is not None:
-            out[_P + "noise_clamp_lo"], out[_P + "noise_clamp_hi"] = noise.clamp
-        if isinstance(noise, DirichletGumbel):
-            out[_P + "noise_alpha"] = noise.alpha
-        elif noise.gprime != "softkernels":
-            out[_P + "noise_gprime"] = noise.gprime
-    elif isinstance(noise, TopKDirichlet):
-        out[_P + "noise"] = "topk_dirichlet"
-        out[_P + "noise_alpha"] = noise.alpha
-    elif isinstance(noise, WeightGaussian):
-        out[_P + "noise"] = "weight_gaussian"
-        out[_P + "noise_sigma"] = noise.sigma
-    elif isinstance(noise, Dirichlet):
-        out[_P + "noise"] = "dirichlet"
-        out[_P + "noise_alpha"] = noise.alpha
-    elif isinstance(noise, Gaussian):
-        out[_P + "noise"] = "gaussian"
-        out[_P + "noise_sigma"] = noise.sigma
-        out[_P + "noise_relative"] = int(noise.relative)
+    if noise is not None:
+        out[_P + "noise"] = type(noise).wire_name
+        for f in dataclasses.fields(noise):
+            v = getattr(noise, f.name)
+            if f.name == "clamp":
+                if v is not None:
+                    out[_P + "noise_clamp_lo"], out[_P + "noise_clamp_hi"] = v
+            else:
+                out[_P + "noise_" + f.name] = int(v) if isinstance(v, bool) else v
     if config.think_end is not None:
         out[_P + "think_end"] = config.think_end
     if config.cold_stop is not None:
@@ -154,6 +148,33 @@ def _flag(args: Mapping[str, Any], name: str) -> bool:
     return bool(v)
 
 
+def _noise_from_args(cls, args: Mapping[str, Any]):
+    """An instance of noise class ``cls`` from its softkernels_noise_<field> keys."""
+    kw: Dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "clamp":
+            lo_hi = [_P + "noise_clamp_lo" in args, _P + "noise_clamp_hi" in args]
+            if lo_hi[0] != lo_hi[1]:
+                raise ValueError("extra_args: give both softkernels_noise_clamp_lo and "
+                                 "softkernels_noise_clamp_hi, or neither (no clamp)")
+            kw["clamp"] = ((_float(args, _P + "noise_clamp_lo"),
+                            _float(args, _P + "noise_clamp_hi")) if lo_hi[0] else None)
+            continue
+        key = _P + "noise_" + f.name
+        if key not in args:
+            continue
+        default = f.default
+        if isinstance(default, bool):
+            kw[f.name] = bool(_int(args, key))
+        elif isinstance(default, float):
+            kw[f.name] = _float(args, key)
+        elif isinstance(default, int):
+            kw[f.name] = _int(args, key)
+        else:
+            kw[f.name] = args[key]   # a str option: the class names a bad value
+    return cls(**kw)
+
+
 def config_from_args(extra_args: Optional[Mapping[str, Any]],
                      default: Optional[Mapping[str, Any]] = None) -> Optional[SoftThinkingConfig]:
     """The SoftThinkingConfig of a request, or None when it does not think softly.
@@ -186,48 +207,17 @@ def config_from_args(extra_args: Optional[Mapping[str, Any]],
         return _P + name in args
 
     kw: Dict[str, Any] = {}
-    for name in ("k", "top_k"):
+    if has("k"):
+        kw["k"] = None if args[_P + "k"] in (_K_ALL, None) else _int(args, _P + "k")
+    for name in FILTERS:
         if has(name):
-            kw[name] = None if name == "k" and args[_P + "k"] in (_K_ALL, None) \
-                else _int(args, _P + name)
-    for name in ("temperature", "top_p", "min_p"):
-        if has(name):
-            kw[name] = _float(args, _P + name)
+            kw[name] = (_int if ROW_PARAMS[name].integer else _float)(args, _P + name)
     kind = args.get(_P + "noise")
-    if kind in ("gumbel", "dirichlet_gumbel"):
-        lo_hi = (has("noise_clamp_lo"), has("noise_clamp_hi"))
-        if lo_hi[0] != lo_hi[1]:
-            raise ValueError("extra_args: give both softkernels_noise_clamp_lo and "
-                             "softkernels_noise_clamp_hi, or neither (no clamp)")
-        gkw = dict(
-            tau=_float(args, _P + "noise_tau") if has("noise_tau") else 0.5,
-            scale=_float(args, _P + "noise_scale") if has("noise_scale") else 1.0,
-            clamp=(_float(args, _P + "noise_clamp_lo"), _float(args, _P + "noise_clamp_hi"))
-            if lo_hi[0] else None)
-        if kind == "gumbel":
-            if has("noise_gprime"):
-                gkw["gprime"] = args[_P + "noise_gprime"]
-            kw["noise"] = Gumbel(**gkw)
-        else:
-            kw["noise"] = DirichletGumbel(
-                alpha=_float(args, _P + "noise_alpha") if has("noise_alpha") else 4.0, **gkw)
-    elif kind == "topk_dirichlet":
-        kw["noise"] = TopKDirichlet(alpha=_float(args, _P + "noise_alpha")
-                                    if has("noise_alpha") else 1.0)
-    elif kind == "weight_gaussian":
-        kw["noise"] = WeightGaussian(sigma=_float(args, _P + "noise_sigma")
-                                     if has("noise_sigma") else 0.05)
-    elif kind == "dirichlet":
-        kw["noise"] = Dirichlet(alpha=_float(args, _P + "noise_alpha")
-                                if has("noise_alpha") else 4.0)
-    elif kind == "gaussian":
-        kw["noise"] = Gaussian(
-            sigma=_float(args, _P + "noise_sigma") if has("noise_sigma") else 0.33,
-            relative=bool(_int(args, _P + "noise_relative")) if has("noise_relative") else True)
-    elif kind is not None:
-        raise ValueError(f"extra_args['softkernels_noise'] must be 'gumbel', 'dirichlet', "
-                         f"'gaussian', 'topk_dirichlet', 'weight_gaussian' or "
-                         f"'dirichlet_gumbel', got {kind!r}")
+    if kind is not None:
+        if kind not in _NOISES:
+            raise ValueError(f"extra_args['softkernels_noise'] must be one of "
+                             f"{', '.join(repr(n) for n in _NOISES)}, got {kind!r}")
+        kw["noise"] = _noise_from_args(_NOISES[kind], args)
     if has("think_end"):
         te = args[_P + "think_end"]
         kw["think_end"] = te if isinstance(te, str) and not te.lstrip("-").isdigit() \
