@@ -64,6 +64,8 @@ def soft_thinking(**overrides) -> SoftThinkingConfig:
     ColdStop(0.01, 256,    ST:scripts/st/qwq32b_st_math.sh:18-19; the counter also runs in the
     answer_abort=True)     answer phase and aborts the request: ST:srt/managers/
                            schedule_batch.py:761-769 (thinking: :737-750)
+    ties = "keep_all"      ST:srt/layers/sampler.py:149-150 (FlashInfer's top_k_renorm_prob /
+                           top_p_renorm_prob keep every token tied at the cut)
     =====================  ================================================================
 
     The answer phase samples with temperature 0.6, top_p 0.95, top_k 30, min_p 0
@@ -72,7 +74,7 @@ def soft_thinking(**overrides) -> SoftThinkingConfig:
     ``generate``. ``think_end`` as a string needs ``patch(model, config, tokenizer=...)``.
     """
     base = dict(k=10, temperature=0.6, top_p=0.95, top_k=30, min_p=0.001, noise=None,
-                think_end="</think>",
+                think_end="</think>", ties="keep_all",
                 cold_stop=ColdStop(entropy_threshold=0.01, patience=256, answer_abort=True))
     return _build("soft_thinking", base, overrides)
 
@@ -103,6 +105,8 @@ def randomized_soft_thinking(noise: str = "gumbel", **overrides) -> SoftThinking
     normalized=True,       entropy / ln V: RST:srt/layers/sampler.py:175-176; answer-phase
     answer_abort=True)     abort: RST:srt/managers/schedule_batch.py:2642-2649. With 32768
                            new tokens in all (st_with_gumbel.sh:17) it never fires.
+    ties = "keep_all"      RST:srt/layers/sampler.py:205-214 (Soft Thinking's FlashInfer
+                           top-k / top-p renorm: every token tied at the cut stays)
     =====================  ================================================================
 
     The answer phase samples with temperature 0.6, top_p 0.95, top_k 30, min_p 0
@@ -114,7 +118,7 @@ def randomized_soft_thinking(noise: str = "gumbel", **overrides) -> SoftThinking
     kind = _choice(fn, "noise", noise, ("gumbel", "dirichlet"))
     nz = Gumbel(tau=0.5, scale=1.0, clamp=None) if kind == "gumbel" else Dirichlet(alpha=4.0)
     base = dict(k=15, temperature=0.6, top_p=0.95, top_k=30, min_p=0.0, noise=nz,
-                think_end="</think>",
+                think_end="</think>", ties="keep_all",
                 cold_stop=ColdStop(entropy_threshold=0.1, patience=32768, answer_abort=True,
                                    normalized=True))
     return _build(fn, base, overrides)
@@ -147,6 +151,8 @@ def soft_grpo(noise: str = "gumbel", **overrides) -> SoftThinkingConfig:
                            SGRPO:srt/layers/sampler.py:206-215
     think_end="</think>"   sglang_rollout.py:424
     cold_stop = None       early_stopping_entropy_threshold 0.0 (off): sglang_rollout.py:426
+    ties = "keep_all"      SGRPO:srt/layers/sampler.py:149-162 (the top-k cut keeps every
+                           probability >= the k-th largest)
     =====================  ================================================================
 
     The answer phase samples with temperature 1, top_p 0.95 and top_k 5 (8k.sh:32-34) for at
@@ -165,7 +171,7 @@ def soft_grpo(noise: str = "gumbel", **overrides) -> SoftThinkingConfig:
     else:
         nz = WeightGaussian(sigma=0.05)
     base = dict(k=5, temperature=1.0, top_p=0.95, top_k=5, min_p=0.0, noise=nz,
-                think_end="</think>", cold_stop=None)
+                think_end="</think>", cold_stop=None, ties="keep_all")
     return _build(fn, base, overrides)
 
 

@@ -157,3 +157,27 @@ def test_soft_tokens_hard_truths_in_vllm_needs_an_int_k():
     with pytest.raises(ValueError, match=r"SoftThinkingConfig.k = None"):
         check_supported(presets.soft_tokens_hard_truths())
     check_supported(presets.soft_tokens_hard_truths(k=sk.hf.config.MAX_K))
+
+
+@pytest.mark.parametrize("name", ["soft_thinking", "randomized_soft_thinking", "soft_grpo"])
+def test_preset_cuts_ties_as_the_papers_samplers(name):
+    """The preset's own filters through soft_embed, on bf16-rounded logits (many exact ties at the
+    cut): the support and weights of Soft Thinking's sampler port (FlashInfer's keep-every-tie
+    top-k / top-p renorm, which RST's and SofT-GRPO's samplers share) with max_topk = V, where
+    the default ties="exact" would differ on some rows."""
+    from ports import soft_thinking as st
+    c = getattr(presets, name)()   # its noise is not applied here: the cut is compared
+    B, V = 300, 48
+    logits = (torch.randn(B, V) * 2).to(torch.bfloat16).float()
+    ids, w = st.sampler(logits, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
+                        min_p=c.min_p, max_topk=V, dtype=torch.float64)
+    theirs = torch.zeros(B, V, dtype=torch.float64).scatter(1, ids, w)
+    differ = {}
+    for ties in (c.ties, "exact"):
+        out = sk.soft_embed(logits, torch.zeros(V, 1), k=V, **c.filters, ties=ties)
+        mine = torch.zeros(B, V, dtype=torch.float64).scatter(1, out.ids, out.weights.double())
+        differ[ties] = int(((mine > 0) != (theirs > 0)).any(-1).sum())
+        if ties == c.ties:
+            assert differ[ties] == 0, f"{name}: {differ[ties]} rows differ in support"
+            torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-6)
+    assert c.ties == "keep_all" and differ["exact"] > 0, differ
