@@ -151,8 +151,8 @@ def soft_grpo(noise: str = "gumbel", **overrides) -> SoftThinkingConfig:
                            SGRPO:srt/layers/sampler.py:206-215
     think_end="</think>"   sglang_rollout.py:424
     cold_stop = None       early_stopping_entropy_threshold 0.0 (off): sglang_rollout.py:426
-    ties = "keep_all"      SGRPO:srt/layers/sampler.py:149-162 (the top-k cut keeps every
-                           probability >= the k-th largest)
+    ties = "keep_all"      SGRPO:srt/layers/sampler.py:149-150 (FlashInfer's top_k_renorm_prob /
+                           top_p_renorm_prob keep every token tied at the cut)
     =====================  ================================================================
 
     The answer phase samples with temperature 1, top_p 0.95 and top_k 5 (8k.sh:32-34) for at

@@ -134,3 +134,32 @@ def test_dirichlet_gumbel_vs_rst_port():
     dw, sup = _report("DirichletGumbel vs RST rollout (weighted slots)", out.weights[:, :TOPK],
                       pw[:, :TOPK], out.ids[:, :TOPK], pids[:, :TOPK])
     assert dw < 1e-5 and sup <= B // 100
+
+
+def test_default_gprime_through_their_trainer():
+    """A rollout with softkernels' default g' (log w, filtered slots -inf) scored by their trainer
+    (port of TRAIN:140-164) against the same rollout with gprime="soft_grpo" (log(w + 1e-6),
+    filtered slots finite): their trainer recovers g against the unfiltered training p and clamps
+    it to [-1.5, 3], so a filtered slot scores the same in both conventions. Measured with top_p
+    cutting slots that carry p > 0.05 of the k (the issue's up-to-0.98 was not reproduced)."""
+    torch.manual_seed(3)
+    logits = torch.randn(2000, V) * 3
+    worst = {}
+    for top_p in (0.95, 0.6):
+        lp, filtered = {}, 0
+        for gp in ("softkernels", "soft_grpo"):
+            nz = sk.Gumbel(tau=0.1, scale=1.0, clamp=(-1.5, 3.0), gprime=gp)
+            out = sk.soft_embed(logits, torch.zeros(V, 1), k=5, top_k=5, top_p=top_p, noise=nz,
+                                seed=SEED, ties="keep_all")
+            lp[gp] = sg.train_logprob_gumbel(logits, out.ids, out.noise)
+            if gp == "softkernels":
+                cut = ~torch.isfinite(out.noise)
+                p = torch.softmax(logits, -1).gather(1, out.ids)
+                filtered = int((cut & (p / p.sum(-1, keepdim=True) > 0.05)).sum())
+        # With top_p 0.6 some filtered slots pass their trainer's p > 0.05 mask (0.95 cuts
+        # only slots below it, the preset's case).
+        assert filtered > 0 or top_p > 0.9
+        worst[top_p] = float((lp["softkernels"] - lp["soft_grpo"]).abs().max())
+        assert worst[top_p] < 1e-4, worst
+    print(f"\ndefault g' vs soft_grpo g' through their trainer: max |d log pi| {worst}, "
+          f"filtered slots inside their mask at top_p 0.6: {filtered}")
