@@ -36,20 +36,18 @@ def _rows(x, B, dtype, device):
     return torch.full((B, 1), x, dtype=dtype, device=device)
 
 
-def soft_embed_full(logits: torch.Tensor, embedding: torch.Tensor, *, temperature, top_k, top_p,
-                    min_p, noise: Optional[Noise], sigma: float, seed, offset,
-                    hard: Optional[torch.Tensor], hard_ids: Optional[torch.Tensor],
-                    keep_ties: bool):
-    """Every output of soft_embed with k = V, and the per-row status (the kernel's codes).
-    Arguments are validated by soft_embed; ``sigma`` is the Gaussian noise in embedding units."""
-    B, V = logits.shape
-    device = logits.device
-    f = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    macc = torch.float64 if embedding.dtype == torch.float64 else torch.float32
-    z = logits.to(f) / _rows(temperature, B, f, device)
-    nonfinite = (torch.isnan(z) | (z == math.inf)).any(-1)
-    masked = (z == -math.inf).all(-1)
-    zc = torch.where(nonfinite[:, None], torch.zeros_like(z), z)
+def _filters_off(V, top_k, top_p, min_p) -> bool:
+    """Whether top_k / top_p / min_p keep every token of every row (numbers at their neutral
+    values, no per-row tensors)."""
+    if any(isinstance(x, torch.Tensor) for x in (top_k, top_p, min_p)):
+        return False
+    return not (0 < top_k < V) and top_p >= 1 and min_p <= 0
+
+
+def _filtered(zc, V, device, top_k, top_p, min_p, hard, hard_ids, keep_ties, status):
+    """Slots (ids [B, V] best first), weights, entropy, max_prob and status of rows with filters
+    or hard rows: the rules of docs/semantics.md on the rows sorted by probability."""
+    B, f = zc.shape[0], zc.dtype
     # Ties by the lower id: a stable sort keeps equal logits in id order.
     zs, order = torch.sort(zc.detach(), dim=-1, descending=True, stable=True)
     zs = torch.gather(zc, -1, order)  # differentiable copy of the sorted logits
@@ -82,9 +80,6 @@ def soft_embed_full(logits: torch.Tensor, embedding: torch.Tensor, *, temperatur
     w = torch.softmax(torch.where(keep, zs, torch.full_like(zs, -math.inf)), -1)
 
     ids = order
-    status = torch.zeros(B, dtype=torch.int32, device=device)
-    status = torch.where(nonfinite, _STATUS_NONFINITE, status)
-    status = torch.where((status == 0) & masked, _STATUS_ALL_MASKED, status)
     if hard is not None:
         hid = order[:, 0] if hard_ids is None else hard_ids.to(device)
         badh = hard & ((hid < 0) | (hid >= V)) if hard_ids is not None else torch.zeros_like(hard)
@@ -97,8 +92,41 @@ def soft_embed_full(logits: torch.Tensor, embedding: torch.Tensor, *, temperatur
         onehot = (rank == 0).to(w.dtype)
         w = torch.where(hard[:, None], onehot, w)
 
-    full = torch.zeros(B, V, dtype=macc, device=device).scatter(-1, ids, w.to(macc))
-    acc = full @ embedding[:V].to(macc)
+    return ids, w, entropy, max_prob, status
+
+
+def soft_embed_full(logits: torch.Tensor, embedding: torch.Tensor, *, temperature, top_k, top_p,
+                    min_p, noise: Optional[Noise], sigma: float, seed, offset,
+                    hard: Optional[torch.Tensor], hard_ids: Optional[torch.Tensor],
+                    keep_ties: bool):
+    """Every output of soft_embed with k = V, and the per-row status (the kernel's codes).
+    Arguments are validated by soft_embed; ``sigma`` is the Gaussian noise in embedding units."""
+    B, V = logits.shape
+    device = logits.device
+    f = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    macc = torch.float64 if embedding.dtype == torch.float64 else torch.float32
+    z = logits.to(f) / _rows(temperature, B, f, device)
+    nonfinite = (torch.isnan(z) | (z == math.inf)).any(-1)
+    masked = (z == -math.inf).all(-1)
+    zc = torch.where(nonfinite[:, None], torch.zeros_like(z), z)
+    status = torch.zeros(B, dtype=torch.int32, device=device)
+    status = torch.where(nonfinite, _STATUS_NONFINITE, status)
+    status = torch.where((status == 0) & masked, _STATUS_ALL_MASKED, status)
+    if hard is None and _filters_off(V, top_k, top_p, min_p):
+        # Soft Tokens, Hard Truths' case: every token, weights = softmax(z). The mixture reads p in
+        # vocabulary order; only the returned slots are sorted.
+        logp_v = torch.log_softmax(zc, -1)
+        p_v = logp_v.exp()
+        entropy = (-torch.where(p_v > 0, p_v * logp_v, torch.zeros_like(p_v)).sum(-1)).clamp(min=0)
+        ids = torch.sort(zc.detach(), dim=-1, descending=True, stable=True).indices
+        w = torch.gather(p_v, -1, ids)
+        max_prob = w[:, 0]
+        acc = p_v.to(macc) @ embedding[:V].to(macc)
+    else:
+        ids, w, entropy, max_prob, status = _filtered(zc, V, device, top_k, top_p, min_p, hard,
+                                                      hard_ids, keep_ties, status)
+        full = torch.zeros(B, V, dtype=macc, device=device).scatter(-1, ids, w.to(macc))
+        acc = full @ embedding[:V].to(macc)
     if isinstance(noise, Gaussian) and sigma > 0 and B:
         from .mix import mix_embeddings  # the kernels' noise stream, added in the mixture dtype
         zero_e = torch.zeros(1, embedding.shape[1], dtype=macc, device=device)
