@@ -63,10 +63,17 @@ def test_random_valid_calls_match_the_float64_reference(call):
     xr = logits.double().requires_grad_()
     want = ref(xr, ids, draws.double(), T, hard, **kw)
     tol = 1e-9 if logits.dtype == torch.float64 else 5e-4
+    atol = tol
+    if kind == "gau" and logits.dtype != torch.float64:
+        # fp32 rounding of p~ (about 1e-7 (1 + max |z|)) moves v by up to |x - p~| / sigma^2
+        # times that: the conditioning of the formula, not of the kernel.
+        zmax = float(torch.nan_to_num(logits.double() / T, posinf=0.0, neginf=0.0).abs().max()
+                     ) if logits.numel() else 0.0
+        atol += 1e-6 * (1.0 + zmax) * min(kw["radius"], 2.0) / kw["sigma"] ** 2
     assert torch.equal(torch.isnan(got), torch.isnan(want)), (got, want)
     fin = torch.isfinite(want)
     assert torch.equal(torch.isinf(got), torch.isinf(want)), (got, want)
-    torch.testing.assert_close(got.double()[fin], want.detach()[fin], rtol=tol, atol=tol)
+    torch.testing.assert_close(got.double()[fin], want.detach()[fin], rtol=tol, atol=atol)
     if got.numel() == 0 or logits.dtype == torch.bfloat16:
         return
     w = torch.randn(got.shape, dtype=torch.float64)
