@@ -523,10 +523,10 @@ def topk_dirichlet_logprob_reference(logits, ids, draws, temperature=1.0, hard=N
         for j in range(len(p)):
             c = alpha * p[j]
             x = float(g[j])
-            if x > 0 and float(c) > 0:
+            if x > 0 and float(c.detach()) > 0:
                 lp = (c - 1) * math.log(x) - x - torch.lgamma(c)
             else:   # their xlogy at G = 0: +inf (c < 1), 0 (c = 1), -inf (c > 1); NaN at c = 0
-                cf = float(c)
+                cf = float(c.detach())
                 v = math.nan if cf == 0 else (math.inf if cf < 1 else (0.0 if cf == 1 else -math.inf))
                 lp = torch.tensor(v, dtype=torch.float64)
             lps.append(lp.clamp(lo, hi))
