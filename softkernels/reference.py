@@ -501,7 +501,8 @@ def _slot_rows(logits, ids, draws, hard, temperature):
 
 
 def _mean_over_mask(lp, p, min_weight):
-    keep = [j for j in range(len(lp)) if float(p[j]) > min_weight and not math.isnan(float(lp[j]))]
+    pd, lpd = p.detach(), lp.detach()   # the mask is held fixed
+    keep = [j for j in range(len(lp)) if float(pd[j]) > min_weight and not math.isnan(float(lpd[j]))]
     if not keep:
         keep = [int(torch.argmax(torch.where(torch.isnan(lp), torch.zeros_like(p), p)))]
     return torch.stack([lp[j] for j in keep]).mean()
