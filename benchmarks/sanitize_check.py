@@ -4,7 +4,8 @@ Runs every code path of the CUDA kernels once on small shapes: forward with each
 single- and multi-slice rows, the prefilter and the exact (radix-select) candidate paths, pools up
 to 1024 (> 48 KB of shared memory), hard rows, NaN / -inf / all -inf rows, refused per-row
 parameters, misaligned rows and tables, odd D, B = 0 and 1; backward (logits and embedding);
-route_step; mix_embeddings, gumbel_logprob, gaussian_logprob, select_rows and add_rows_. Prints one line per case and "sanitize_check: ok" at the end. Run it under
+route_step; mix_embeddings, gumbel_logprob, slot_logprob (topk_dirichlet / weight_gaussian),
+gaussian_logprob, select_rows and add_rows_. Prints one line per case and "sanitize_check: ok" at the end. Run it under
 `PYTORCH_NO_CUDA_MEMORY_CACHING=1` so that every tensor is its own allocation and memcheck sees
 overruns precisely.
 """
@@ -128,6 +129,19 @@ def main() -> int:
         mean = torch.randn(2, 3, 32, device=dev, requires_grad=True)
         (lp.sum() + sk.gaussian_logprob(x, mean, 0.3).sum()).backward()
     case("gumbel_logprob / gaussian_logprob (+ backward)", logprobs)
+
+    def slot_logprobs():
+        for k in (5, 700):
+            logits = torch.randn(2, 3, 4000, device=dev, requires_grad=True)
+            ids = torch.randint(0, 4000, (2, 3, k), device=dev)
+            ids[1, 2, 0] = 4000                   # out of range: a NaN row, never read
+            hard = torch.tensor([[False, True, False], [False, False, True]], device=dev)
+            gamma = torch.rand(2, 3, k, device=dev)
+            gamma[..., 1] = 0.0
+            lp = sk.topk_dirichlet_logprob(logits, ids, gamma, 0.7, hard, validate=False)
+            lp2 = sk.weight_gaussian_logprob(logits, ids, gamma, 0.7, None, validate=False)
+            (lp.nansum() + lp2.nansum()).backward()
+    case("topk_dirichlet_logprob / weight_gaussian_logprob (+ backward)", slot_logprobs)
 
     def iterate():
         logits = torch.randn(3001, 50, device=dev)

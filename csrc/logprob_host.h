@@ -11,6 +11,7 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -68,36 +69,44 @@ struct GumbelLpShape {
   RowIndexer logits_rows;
 };
 
-inline GumbelLpShape gumbel_lp_check(const at::Tensor& logits, const at::Tensor& ids,
-                                     const at::Tensor& g_prime, const LpOptTensor& hard) {
-  TORCH_CHECK(logits.dim() >= 1, "softkernels.gumbel_logprob: logits must be [..., V]");
+// Shared by gumbel_logprob and slot_logprob: logits [..., V], ids [..., k], the per-slot noise
+// [..., k] (`noise`: its argument name) in the stats dtype, hard [...].
+inline GumbelLpShape slot_rows_check(const char* op, const char* noise, const at::Tensor& logits,
+                                     const at::Tensor& ids, const at::Tensor& g_prime,
+                                     const LpOptTensor& hard) {
+  TORCH_CHECK(logits.dim() >= 1, "softkernels.", op, ": logits must be [..., V]");
   const int64_t nb = logits.dim() - 1;
   TORCH_CHECK(logits.stride(nb) == 1 || logits.size(nb) <= 1,
-              "softkernels.gumbel_logprob: logits' last dimension must be contiguous");
+              "softkernels.", op, ": logits' last dimension must be contiguous");
   TORCH_CHECK(logits.scalar_type() == at::kFloat || logits.scalar_type() == at::kDouble ||
                   logits.scalar_type() == at::kBFloat16 || logits.scalar_type() == at::kHalf,
-              "softkernels.gumbel_logprob: logits dtype");
+              "softkernels.", op, ": logits dtype");
   TORCH_CHECK(ids.dim() == nb + 1 && ids.scalar_type() == at::kLong && ids.is_contiguous(),
-              "softkernels.gumbel_logprob: ids must be a contiguous int64 [..., k] tensor");
+              "softkernels.", op, ": ids must be a contiguous int64 [..., k] tensor");
   TORCH_CHECK(g_prime.sizes() == ids.sizes() && g_prime.is_contiguous() &&
                   g_prime.scalar_type() == lp_stats_dtype(logits),
-              "softkernels.gumbel_logprob: g_prime must be contiguous, shaped like ids, in the "
+              "softkernels.", op, ": ", noise, " must be contiguous, shaped like ids, in the "
               "logits' stats dtype");
   for (int64_t d = 0; d < nb; ++d) {
     TORCH_CHECK(ids.size(d) == logits.size(d),
-                "softkernels.gumbel_logprob: ids' batch shape differs from logits'");
+                "softkernels.", op, ": ids' batch shape differs from logits'");
   }
   TORCH_CHECK(ids.device() == logits.device() && g_prime.device() == logits.device(),
-              "softkernels.gumbel_logprob: inputs must be on one device");
-  check_rows_like(hard, logits, nb, at::kBool, "gumbel_logprob: hard");
+              "softkernels.", op, ": inputs must be on one device");
+  check_rows_like(hard, logits, nb, at::kBool, (std::string(op) + ": hard").c_str());
   GumbelLpShape s;
   s.N = batch_numel(logits, nb);
   s.V = logits.size(nb);
   s.k = ids.size(nb);
   TORCH_CHECK(s.V >= 1 && s.k >= 1 && s.k <= kMaxK,
-              "softkernels.gumbel_logprob: need V >= 1 and 1 <= k <= ", kMaxK);
+              "softkernels.", op, ": need V >= 1 and 1 <= k <= ", kMaxK);
   s.logits_rows = make_row_indexer(logits, nb);
   return s;
+}
+
+inline GumbelLpShape gumbel_lp_check(const at::Tensor& logits, const at::Tensor& ids,
+                                     const at::Tensor& g_prime, const LpOptTensor& hard) {
+  return slot_rows_check("gumbel_logprob", "g_prime", logits, ids, g_prime, hard);
 }
 
 template <typename T>
@@ -127,17 +136,44 @@ inline GumbelLpOutputs gumbel_lp_allocate(const at::Tensor& logits) {
 }
 
 inline void gumbel_lp_backward_check(const at::Tensor& grad, const at::Tensor& logits,
-                                     const at::Tensor& lse) {
+                                     const at::Tensor& lse,
+                                     const char* op = "gumbel_logprob_backward") {
   const int64_t nb = logits.dim() - 1;
   const auto sizes = batch_sizes(logits, nb);
   TORCH_CHECK(grad.sizes() == at::IntArrayRef(sizes) && grad.is_contiguous() &&
                   grad.scalar_type() == lp_stats_dtype(logits) &&
                   grad.device() == logits.device(),
-              "softkernels.gumbel_logprob_backward: grad must be contiguous [...] in the stats "
-              "dtype");
+              "softkernels.", op, ": grad must be contiguous [...] in the stats dtype");
   TORCH_CHECK(lse.sizes() == at::IntArrayRef(sizes) && lse.is_contiguous() &&
                   lse.scalar_type() == lp_stats_dtype(logits) && lse.device() == logits.device(),
-              "softkernels.gumbel_logprob_backward: lse must be the forward's");
+              "softkernels.", op, ": lse must be the forward's");
+}
+
+// ---------------------------------------------------------------------------------------------
+// slot_logprob (TopKDirichlet / WeightGaussian)
+
+template <typename T>
+SlotLpParams<T> slot_lp_params(int64_t kind, double temperature, double alpha, double clamp_lo,
+                               double clamp_hi, double sigma, double radius, double min_weight) {
+  TORCH_CHECK(kind == kNoiseTopKDirichlet || kind == kNoiseWeightGaussian,
+              "softkernels.slot_logprob: bad noise kind ", kind, " (need ", kNoiseTopKDirichlet,
+              " TopKDirichlet or ", kNoiseWeightGaussian, " WeightGaussian)");
+  TORCH_CHECK(temperature > 0 && alpha > 0 && clamp_lo < clamp_hi && sigma > 0 &&
+                  sigma < std::numeric_limits<double>::infinity() && radius > 0 &&
+                  min_weight >= 0 && min_weight < 1,
+              "softkernels.slot_logprob: parameter out of range");
+  SlotLpParams<T> p;
+  p.kind = static_cast<int>(kind);
+  p.inv_temp = static_cast<T>(1.0 / temperature);
+  p.alpha = static_cast<T>(alpha);
+  p.lo = static_cast<T>(clamp_lo);
+  p.hi = static_cast<T>(clamp_hi);
+  p.var = static_cast<T>(sigma * sigma);
+  p.two_var = static_cast<T>(2.0 * sigma * sigma);
+  p.log_norm = static_cast<T>(std::log(sigma) + 0.91893853320467274178032973640562);
+  p.radius = static_cast<T>(radius);
+  p.min_weight = static_cast<T>(min_weight);
+  return p;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -202,18 +238,30 @@ inline void gaussian_lp_backward_check(const at::Tensor& grad, const at::Tensor&
       const at::Tensor &g_prime_in, const LpOptTensor &hard_in, const at::Tensor &lse_in,         \
       double temperature, double scale, double clamp_lo, double clamp_hi, double min_weight,      \
       bool g_prime_grad
+#define SK_SLOT_LP_CPP_PARAMS                                                                     \
+  const at::Tensor &logits, const at::Tensor &ids_in, const at::Tensor &draws_in,                 \
+      const LpOptTensor &hard_in, int64_t kind, double temperature, double alpha,                 \
+      double clamp_lo, double clamp_hi, double sigma, double radius, double min_weight
+#define SK_SLOT_LP_BACKWARD_CPP_PARAMS                                                            \
+  const at::Tensor &grad_in, const at::Tensor &logits, const at::Tensor &ids_in,                  \
+      const at::Tensor &draws_in, const LpOptTensor &hard_in, const at::Tensor &lse_in,           \
+      int64_t kind, double temperature, double alpha, double clamp_lo, double clamp_hi,           \
+      double sigma, double radius, double min_weight
+#define SK_SLOT_LP_PARAM_VALUES temperature, alpha, clamp_lo, clamp_hi, sigma, radius, min_weight
 #define SK_GAUSSIAN_LP_CPP_PARAMS                                                                 \
   const at::Tensor &x, const at::Tensor &mean, const LpOptTensor &sigma_in, double sigma
 #define SK_GAUSSIAN_LP_BACKWARD_CPP_PARAMS                                                        \
   const at::Tensor &grad_in, const at::Tensor &x, const at::Tensor &mean,                         \
       const LpOptTensor &sigma_in, double sigma, bool x_grad, bool mean_grad
 
-// Registers the four log-prob ops of one backend: the functions <op>_<suffix> (cpu, cuda).
+// Registers the six log-prob ops of one backend: the functions <op>_<suffix> (cpu, cuda).
 #define SK_LOGPROB_IMPLS(m, suffix)                                          \
   m.impl("gumbel_logprob", &gumbel_logprob_##suffix);                        \
   m.impl("gumbel_logprob_backward", &gumbel_logprob_backward_##suffix);      \
   m.impl("gaussian_logprob", &gaussian_logprob_##suffix);                    \
-  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward_##suffix)
+  m.impl("gaussian_logprob_backward", &gaussian_logprob_backward_##suffix); \
+  m.impl("slot_logprob", &slot_logprob_##suffix);                            \
+  m.impl("slot_logprob_backward", &slot_logprob_backward_##suffix)
 
 struct GumbelLpCall {
   at::Tensor ids, g_prime;
@@ -258,6 +306,55 @@ inline GumbelLpBackwardCall prepare_gumbel_lp_backward(
   c.grad_logits = at::empty(logits.sizes(), logits.options());
   c.grad_g = g_prime_grad ? at::empty(c.g_prime.sizes(), c.g_prime.options())
                           : at::empty({0}, c.g_prime.options());
+  return c;
+}
+
+// slot_logprob's preambles: the checks of gumbel_logprob's (draws in place of g_prime).
+struct SlotLpCall {
+  at::Tensor ids, draws;
+  LpOptTensor hard;
+  GumbelLpShape sh;
+  const bool* hard_p;
+  GumbelLpOutputs outs;  // forward only
+};
+
+inline SlotLpCall prepare_slot_lp(const char* op, const at::Tensor& logits,
+                                  const at::Tensor& ids_in, const at::Tensor& draws_in,
+                                  const LpOptTensor& hard_in) {
+  SlotLpCall c;
+  c.ids = ids_in.contiguous();
+  c.draws = draws_in.contiguous();
+  c.hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
+  c.sh = slot_rows_check(op, "draws", logits, c.ids, c.draws, c.hard);
+  c.hard_p = c.hard ? c.hard->data_ptr<bool>() : nullptr;
+  return c;
+}
+
+inline SlotLpCall prepare_slot_lp_forward(const at::Tensor& logits, const at::Tensor& ids_in,
+                                          const at::Tensor& draws_in,
+                                          const LpOptTensor& hard_in) {
+  SlotLpCall c = prepare_slot_lp("slot_logprob", logits, ids_in, draws_in, hard_in);
+  c.outs = gumbel_lp_allocate(logits);
+  return c;
+}
+
+struct SlotLpBackwardCall : SlotLpCall {
+  at::Tensor grad, lse, grad_logits;
+};
+
+inline SlotLpBackwardCall prepare_slot_lp_backward(const at::Tensor& grad_in,
+                                                   const at::Tensor& logits,
+                                                   const at::Tensor& ids_in,
+                                                   const at::Tensor& draws_in,
+                                                   const LpOptTensor& hard_in,
+                                                   const at::Tensor& lse_in) {
+  SlotLpBackwardCall c;
+  static_cast<SlotLpCall&>(c) =
+      prepare_slot_lp("slot_logprob_backward", logits, ids_in, draws_in, hard_in);
+  c.grad = grad_in.contiguous();
+  c.lse = lse_in.contiguous();
+  gumbel_lp_backward_check(c.grad, logits, c.lse, "slot_logprob_backward");
+  c.grad_logits = at::empty(logits.sizes(), logits.options());
   return c;
 }
 

@@ -168,6 +168,20 @@ TORCH_LIBRARY(softkernels, m) {
       "Tensor? hard, Tensor lse, float temperature, float scale, float clamp_lo, "
       "float clamp_hi, float min_weight, bool g_prime_grad) -> "
       "(Tensor grad_logits, Tensor grad_g_prime)");
+  // SofT-GRPO's log-probability of a TopKDirichlet (kind = NOISE_TOPK_DIRICHLET) or
+  // WeightGaussian (NOISE_WEIGHT_GAUSSIAN) soft token from logits [..., V] at the slot ids and
+  // the rollout's draws [..., k]; hard rows as gumbel_logprob's. alpha / clamp_lo / clamp_hi
+  // are TopKDirichlet's, sigma / radius WeightGaussian's. Also returns the row's log-sum-exp
+  // (over the k slot logits, or the whole row for hard rows) and a per-row status.
+  m.def(
+      "slot_logprob(Tensor logits, Tensor ids, Tensor draws, Tensor? hard, int kind, "
+      "float temperature, float alpha, float clamp_lo, float clamp_hi, float sigma, "
+      "float radius, float min_weight) -> (Tensor logprob, Tensor lse, Tensor status)");
+  // Gradient of slot_logprob w.r.t. logits (dense, contiguous, logits' dtype).
+  m.def(
+      "slot_logprob_backward(Tensor grad, Tensor logits, Tensor ids, Tensor draws, "
+      "Tensor? hard, Tensor lse, int kind, float temperature, float alpha, float clamp_lo, "
+      "float clamp_hi, float sigma, float radius, float min_weight) -> Tensor");
   // log N(x; mean, sigma^2 I) over the last dim of x, mean [..., D] (one shape and dtype);
   // sigma per row from sigma_rows [...] when given, else the scalar. Also returns
   // ||x - mean||^2 (saved for the backward).

@@ -1,8 +1,9 @@
-"""Log-probabilities of soft tokens for RL training: SofT-GRPO (Gumbel) and Soft Tokens, Hard Truths
-(Gaussian).
+"""Log-probabilities of soft tokens for RL training: SofT-GRPO (Gumbel, TopKDirichlet,
+WeightGaussian) and Soft Tokens, Hard Truths (Gaussian).
 
-Both ops are fused C++ / CUDA kernels (csrc/cpu/logprob_cpu.cpp, csrc/cuda/logprob.cu) with fake
-kernels and autograd registered here, so they run under torch.compile(fullgraph=True) and
+Each is a fused C++ / CUDA kernel (csrc/cpu/logprob_cpu.cpp, csrc/cuda/logprob.cu: gumbel_logprob,
+slot_logprob for both TopKDirichlet and WeightGaussian, gaussian_logprob) with fake kernels and
+autograd registered here, so they run under torch.compile(fullgraph=True) and
 torch.library.opcheck. docs/training.md states the exact formulas and where they differ from the
 papers' code; softkernels/reference.py holds the float64 reference the tests compare against.
 """
@@ -379,8 +380,48 @@ def gaussian_logprob(
 
 # --------------------------------------------------------------------------------------------
 # SofT-GRPO's two other rollout noises: log-probabilities of TopKDirichlet and WeightGaussian
-# soft tokens. Composites of ATen ops (any device; torch.compile and autograd see through them):
-# per row they touch only the k slot logits and a logsumexp, so a fused kernel would buy little.
+# soft tokens, one op pair for both (slot_logprob: csrc/cpu/logprob_cpu.cpp, csrc/cuda/logprob.cu;
+# docs/training.md says why one op).
+
+_KIND_TOPK_DIRICHLET, _KIND_WEIGHT_GAUSSIAN = _C.NOISE_TOPK_DIRICHLET, _C.NOISE_WEIGHT_GAUSSIAN
+
+
+@torch.library.register_fake("softkernels::slot_logprob")
+def _slot_logprob_fake(logits, ids, draws, hard, kind, temperature, alpha, clamp_lo, clamp_hi,
+                       sigma, radius, min_weight):
+    batch = logits.shape[:-1]
+    f = _stats_dtype(logits)
+    return (logits.new_empty(batch, dtype=f), logits.new_empty(batch, dtype=f),
+            logits.new_empty(batch, dtype=torch.int32))
+
+
+@torch.library.register_fake("softkernels::slot_logprob_backward")
+def _slot_logprob_backward_fake(grad, logits, ids, draws, hard, lse, kind, temperature, alpha,
+                                clamp_lo, clamp_hi, sigma, radius, min_weight):
+    return logits.new_empty(logits.shape)
+
+
+def _slot_setup_context(ctx, inputs, output):
+    logits, ids, draws, hard = inputs[:4]
+    _, lse, status = output
+    ctx.mark_non_differentiable(lse, status)
+    ctx.save_for_backward(logits, ids, draws, hard, lse)
+    ctx.params = tuple(inputs[4:])
+
+
+def _slot_backward(ctx, grad, grad_lse, grad_status):
+    logits, ids, draws, hard, lse = ctx.saved_tensors
+    grad_logits = None
+    if ctx.needs_input_grad[0]:
+        grad_logits = torch.ops.softkernels.slot_logprob_backward(
+            grad.contiguous(), logits, ids, draws, hard, lse, *ctx.params)
+    return (grad_logits,) + (None,) * 11
+
+
+torch.library.register_autograd("softkernels::slot_logprob", _slot_backward,
+                                setup_context=_slot_setup_context)
+refuse_double_backward("slot_logprob_backward", "slot_logprob")
+
 
 def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate):
     """Shared checks of the slot log-prob functions; returns (batch, V, k, temperature)."""
@@ -396,8 +437,8 @@ def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate):
         raise ValueError(f"{fn}: ids must have shape [..., k] with the logits' leading shape "
                          f"{batch}, got {tuple(ids.shape)} (logits {tuple(logits.shape)})")
     k = ids.shape[-1]
-    if k < 1:
-        raise ValueError(f"{fn}: ids must have k >= 1 slots, got k = {k}")
+    if not 1 <= k <= _MAX_K:
+        raise ValueError(f"{fn}: ids must have 1 <= k <= {_MAX_K} slots, got k = {k}")
     check_tensor(fn, "draws", draws, dtypes=FLOAT_DTYPES, device=device)
     if draws.shape != ids.shape:
         raise ValueError(f"{fn}: draws must have the shape of ids {tuple(ids.shape)}, got "
@@ -409,47 +450,57 @@ def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate):
             raise ValueError(f"{fn}: hard must have the logits' leading shape {batch}, got "
                              f"{tuple(hard.shape)}")
     check_bool(fn, "validate", validate)
-    if validate and not skip_data_checks(logits, ids, draws) and ids.numel():
-        # Soft rows read every slot, hard rows only slot 0.
-        soft = (~hard[..., None] if hard is not None else torch.ones_like(ids, dtype=torch.bool))
-        read = soft.expand(ids.shape).clone()
-        read[..., 0] = True
-        bad = (((ids < 0) | (ids >= V)) & read).reshape(-1).nonzero()
-        if bad.numel():
-            i = int(bad[0, 0])
-            raise ValueError(f"{fn}: ids{list(_row_index(i, ids.shape))} = "
-                             f"{int(ids.reshape(-1)[i])} is not a token id in [0, V) = [0, {V})")
-        nonfinite = ~torch.isfinite(draws) & soft
-        if bool(nonfinite.any()):
-            i = int(nonfinite.reshape(-1).nonzero()[0, 0])
-            raise ValueError(f"{fn}: draws{list(_row_index(i, draws.shape))} = "
-                             f"{draws.reshape(-1)[i].item()} is not finite")
     return batch, V, k, temperature
 
 
-def _slot_probs(logits, ids, temperature):
-    """z = logits / T and the softmax at the k ids renormalised over them (computed as a softmax
-    over the gathered logits: the same numbers as SofT-GRPO's full softmax, gather, renormalise),
-    in the stats dtype."""
-    z = logits.to(_stats_dtype(logits)) / temperature
-    zs = torch.gather(z, -1, ids.clamp(0, z.shape[-1] - 1))
-    return z, torch.softmax(zs, dim=-1)
+def _raise_for_slot_inputs(fn, kind, ids, draws, hard, V):
+    """The first bad id or draw a row the kernel flagged reads, as a ValueError (the kernel's
+    status says that one exists; this names it)."""
+    # Soft rows read every slot, hard rows only slot 0 (and none of their draws).
+    soft = (~hard[..., None] if hard is not None else torch.ones_like(ids, dtype=torch.bool))
+    soft = soft.expand(ids.shape)
+    read = soft.clone()
+    read[..., 0] = True
+    bad = (((ids < 0) | (ids >= V)) & read).reshape(-1).nonzero()
+    if bad.numel():
+        i = int(bad[0, 0])
+        raise ValueError(f"{fn}: ids{list(_row_index(i, ids.shape))} = "
+                         f"{int(ids.reshape(-1)[i])} is not a token id in [0, V) = [0, {V})")
+    nonfinite = (~torch.isfinite(draws) & soft).reshape(-1).nonzero()
+    if nonfinite.numel():
+        i = int(nonfinite[0, 0])
+        raise ValueError(f"{fn}: draws{list(_row_index(i, draws.shape))} = "
+                         f"{draws.reshape(-1)[i].item()} is not finite")
+    if kind == _KIND_TOPK_DIRICHLET:
+        neg = ((draws < 0) & soft).reshape(-1).nonzero()
+        if neg.numel():
+            i = int(neg[0, 0])
+            raise ValueError(f"{fn}: draws{list(_row_index(i, draws.shape))} = "
+                             f"{draws.reshape(-1)[i].item()} is negative; Gamma draws are >= 0")
+    raise ValueError(f"{fn}: a row was flagged by the kernel (bad id or draw)")  # pragma: no cover
 
 
-def _masked_mean(lp, p, min_weight):
-    """Mean of lp over the slots with p > min_weight; the most probable slot when none passes."""
-    mask = p > min_weight
-    top = torch.nn.functional.one_hot(p.argmax(-1), p.shape[-1]).to(torch.bool)
-    mask = torch.where(mask.any(-1, keepdim=True), mask, top)
-    return torch.where(mask, lp, torch.zeros_like(lp)).sum(-1) / mask.sum(-1).to(lp.dtype)
-
-
-def _with_hard(out, z, ids, hard):
-    if hard is None:
-        return out
-    lsm = torch.log_softmax(z, dim=-1)
-    first = torch.gather(lsm, -1, ids[..., :1].clamp(0, z.shape[-1] - 1))[..., 0]
-    return torch.where(hard, first, out)
+def _slot_logprob(fn, kind, logits, ids, draws, temperature, hard, validate, *, alpha=1.0,
+                  lo=-math.inf, hi=math.inf, sigma=1.0, radius=math.inf, min_weight):
+    batch, V, k = tuple(logits.shape[:-1]), logits.shape[-1], ids.shape[-1]
+    check_data = validate and not skip_data_checks(logits, ids, draws)
+    ids_in, draws_in, hard_in = ids, draws, hard
+    if len(batch) > _MAX_BATCH_DIMS:
+        logits, ids, draws = logits.reshape(-1, V), ids.reshape(-1, k), draws.reshape(-1, k)
+        hard = hard.reshape(-1) if hard is not None else None
+    if logits.stride(-1) != 1 and V > 1:
+        logits = logits.contiguous()
+    ids = ids.to(torch.int64).contiguous()
+    # The draws are data: no gradient flows to them.
+    draws = draws.detach().to(_stats_dtype(logits)).contiguous()
+    if hard is not None:
+        hard = hard.contiguous()
+    logprob, _, status = torch.ops.softkernels.slot_logprob(
+        logits, ids, draws, hard, kind, temperature, alpha, lo, hi, sigma, radius, min_weight)
+    if check_data and status.numel() > 0 and bool(
+            ((status & (_LP_BAD_ID | _LP_BAD_NOISE)) != 0).any()):
+        _raise_for_slot_inputs(fn, kind, ids_in, draws_in, hard_in, V)
+    return logprob.reshape(batch)
 
 
 def topk_dirichlet_logprob(
@@ -502,27 +553,8 @@ def topk_dirichlet_logprob(
     lo, hi = _check_clamp(fn, clamp)
     min_weight = check_float(fn, "min_weight", min_weight, lo=0.0, hi=1.0, lo_open=False,
                              hi_open=True)
-    if validate and not skip_data_checks(logits, draws) and draws.numel():
-        neg = (draws < 0).reshape(-1).nonzero()
-        if neg.numel():
-            i = int(neg[0, 0])
-            raise ValueError(f"{fn}: draws{list(_row_index(i, draws.shape))} = "
-                             f"{draws.reshape(-1)[i].item()} is negative; Gamma draws are >= 0")
-    ids = ids.to(torch.int64)
-    z, p = _slot_probs(logits, ids, temperature)
-    x = draws.to(p.dtype)
-    c = alpha * p
-    valid = (x > 0) & (c > 0)
-    xs = torch.where(valid, x, torch.ones_like(x))
-    cs = torch.where(valid, c, torch.ones_like(c))
-    lp = torch.xlogy(cs - 1, xs) - xs - torch.lgamma(cs)
-    with torch.no_grad():
-        edge = torch.xlogy(c - 1, x) - x - torch.lgamma(c)   # their value where not `valid`
-    lp = torch.where(valid, lp, edge).clamp(lo, hi)
-    keep = ~torch.isnan(lp)
-    out = _masked_mean(torch.where(keep, lp, torch.zeros_like(lp)),
-                       torch.where(keep, p, torch.zeros_like(p)), min_weight)
-    return _with_hard(out, z, ids, hard)
+    return _slot_logprob(fn, _KIND_TOPK_DIRICHLET, logits, ids, draws, temperature, hard,
+                         validate, alpha=alpha, lo=lo, hi=hi, min_weight=min_weight)
 
 
 def weight_gaussian_logprob(
@@ -572,9 +604,5 @@ def weight_gaussian_logprob(
                          hi_open=False)
     min_weight = check_float(fn, "min_weight", min_weight, lo=0.0, hi=1.0, lo_open=False,
                              hi_open=True)
-    ids = ids.to(torch.int64)
-    z, p = _slot_probs(logits, ids, temperature)
-    x = draws.to(p.dtype)
-    xc = torch.minimum(torch.maximum(x, p - radius), p + radius)
-    lp = -((xc - p) ** 2) / (2 * sigma * sigma) - math.log(sigma) - 0.5 * math.log(2 * math.pi)
-    return _with_hard(_masked_mean(lp, p, min_weight), z, ids, hard)
+    return _slot_logprob(fn, _KIND_WEIGHT_GAUSSIAN, logits, ids, draws, temperature, hard,
+                         validate, sigma=sigma, radius=radius, min_weight=min_weight)

@@ -501,7 +501,8 @@ def _slot_rows(logits, ids, draws, hard, temperature):
 
 
 def _mean_over_mask(lp, p, min_weight):
-    keep = [j for j in range(len(lp)) if float(p[j]) > min_weight and not math.isnan(float(lp[j]))]
+    pd, lpd = p.detach(), lp.detach()   # the mask is held fixed
+    keep = [j for j in range(len(lp)) if float(pd[j]) > min_weight and not math.isnan(float(lpd[j]))]
     if not keep:
         keep = [int(torch.argmax(torch.where(torch.isnan(lp), torch.zeros_like(p), p)))]
     return torch.stack([lp[j] for j in keep]).mean()
@@ -523,10 +524,10 @@ def topk_dirichlet_logprob_reference(logits, ids, draws, temperature=1.0, hard=N
         for j in range(len(p)):
             c = alpha * p[j]
             x = float(g[j])
-            if x > 0 and float(c) > 0:
+            if x > 0 and float(c.detach()) > 0:
                 lp = (c - 1) * math.log(x) - x - torch.lgamma(c)
             else:   # their xlogy at G = 0: +inf (c < 1), 0 (c = 1), -inf (c > 1); NaN at c = 0
-                cf = float(c)
+                cf = float(c.detach())
                 v = math.nan if cf == 0 else (math.inf if cf < 1 else (0.0 if cf == 1 else -math.inf))
                 lp = torch.tensor(v, dtype=torch.float64)
             lps.append(lp.clamp(lo, hi))

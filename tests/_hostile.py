@@ -44,6 +44,10 @@ def _base():
         "gumbel_logprob": [lg, _ids(), torch.randn(B, K), None, 1.0, 1.0, -1.5, 3.0, 0.05],
         "gumbel_logprob_backward": [torch.ones(B), lg, _ids(), torch.randn(B, K), None,
                                     torch.zeros(B), 1.0, 1.0, -1.5, 3.0, 0.05, True],
+        "slot_logprob": [lg, _ids(), torch.rand(B, K), None, 4, 1.0, 1.0, -5.0, 3.0, 0.05, 0.15,
+                         0.05],
+        "slot_logprob_backward": [torch.ones(B), lg, _ids(), torch.rand(B, K), None,
+                                  torch.zeros(B), 4, 1.0, 1.0, -5.0, 3.0, 0.05, 0.15, 0.05],
         "gaussian_logprob": [torch.randn(B, D), torch.randn(B, D), None, 0.5],
         "gaussian_logprob_backward": [torch.ones(B), torch.randn(B, D), torch.randn(B, D), None,
                                       0.5, True, True],
@@ -158,6 +162,26 @@ def cases(op: str):
                    [torch.randn(B, D), torch.randn(B, K), torch.randn(B, K), lg,
                     torch.randn(V + 10, D), torch.full((B, K), V + 3), torch.full((B, K), 0.25),
                     torch.randn(B, K), None, 1.0, None, kind, 0.5, True, True])
+    if op in ("slot_logprob", "slot_logprob_backward"):
+        # Every noise kind code (only 4 TopKDirichlet and 5 WeightGaussian are accepted), with
+        # ids out of range in soft and in hard rows (a hard row reads ids[:, 0] only).
+        lg = torch.randn(B, V)
+        pre = [torch.ones(B)] if op == "slot_logprob_backward" else []
+        lse = [torch.zeros(B)] if op == "slot_logprob_backward" else []
+        hard = torch.tensor([True, False, True])
+        for kind in range(-1, 9):
+            for name, ids in (("ids huge", torch.full((B, K), _HUGE)), ("ids=V", torch.full((B, K), V)),
+                              ("ids=-1", torch.full((B, K), -1))):
+                for h in (None, hard):
+                    yield (f"kind={kind} {name} hard={h is not None}",
+                           pre + [lg, ids, torch.rand(B, K), h] + lse +
+                           [kind, 1.0, 1.0, -5.0, 3.0, 0.05, 0.15, 0.05])
+        yield ("k > MAX_K", pre + [lg, torch.zeros(B, 1025, dtype=torch.long),
+                                   torch.rand(B, 1025), None] + lse +
+               [5, 1.0, 1.0, -5.0, 3.0, 0.05, 0.15, 0.05])
+        yield ("V=1 odd stride", pre + [torch.randn(4, B).t()[:, :1], torch.zeros(B, 1, dtype=torch.long),
+                                        torch.rand(B, 1), None] + lse +
+               [4, 1.0, 1.0, -5.0, 3.0, 0.05, 0.15, 0.05])
     if op == "add_rows_":
         lg = torch.randn(B, V)
         yield "src is logits", [lg, lg, torch.arange(B), torch.tensor([B])]

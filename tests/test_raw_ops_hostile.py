@@ -16,8 +16,8 @@ import softkernels  # noqa: F401
 
 HOSTILE = Path(__file__).resolve().parent / "_hostile.py"
 OPS = ["soft_embed", "soft_embed_backward", "mix_embeddings", "route_step", "select_rows",
-       "add_rows_", "gumbel_logprob", "gumbel_logprob_backward", "gaussian_logprob",
-       "gaussian_logprob_backward"]
+       "add_rows_", "gumbel_logprob", "gumbel_logprob_backward", "slot_logprob",
+       "slot_logprob_backward", "gaussian_logprob", "gaussian_logprob_backward"]
 
 
 def test_every_op_is_covered():
@@ -83,3 +83,23 @@ def test_soft_embed_backward_ignores_ids_outside_the_table(kind):
     touched_rows = (gE != 0).any(1).nonzero().flatten().tolist()
     assert set(touched_rows) == {1, V + 2, 3, V, V + 4, 4}
     assert torch.allclose(gE[V + 4], ge[2] / k)
+
+
+@pytest.mark.parametrize("op", ["slot_logprob", "slot_logprob_backward"])
+def test_slot_logprob_ids_out_of_range_give_nan_rows(op):
+    # The raw op reads no id outside [0, V): such rows come back NaN (flagged in the forward).
+    B, V, k = 3, 20, 3
+    logits = torch.randn(B, V, dtype=torch.float64)
+    ids = torch.tensor([[1, 2, 2 ** 62], [V, 0, 1], [-1, 5, 6]])
+    hard = torch.tensor([False, False, True])
+    draws = torch.rand(B, k, dtype=torch.float64)
+    args = (4, 1.0, 1.0, -5.0, 3.0, 0.05, 0.15, 0.05)
+    lp, lse, status = torch.ops.softkernels.slot_logprob(logits, ids, draws, hard, *args)
+    assert status.tolist() == [16, 16, 16] and torch.isnan(lp).all()
+    ok = torch.tensor([[1, 2, 3], [4, 0, 1], [7, V + 5, -3]])     # row 2 is hard: slot 0 only
+    lp, lse, status = torch.ops.softkernels.slot_logprob(logits, ok, draws, hard, *args)
+    assert status.tolist() == [0, 0, 0] and torch.isfinite(lp).all()
+    if op == "slot_logprob_backward":
+        g = torch.ops.softkernels.slot_logprob_backward(torch.ones(B, dtype=torch.float64),
+                                                        logits, ids, draws, hard, lse, *args)
+        assert torch.isnan(g).all()     # the forward's finite lse does not make them readable

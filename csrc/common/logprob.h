@@ -183,4 +183,125 @@ SK_HD T gaussian_grad_factor(T grad, T sigma) {
   return static_cast<T>(-(static_cast<double>(grad) / s) / s);
 }
 
+// ---------------------------------------------------------------------------------------------
+// slot_logprob: SofT-GRPO's log-probabilities of TopKDirichlet and WeightGaussian soft tokens
+// (kind = kNoiseTopKDirichlet / kNoiseWeightGaussian). A soft row reads only its k slot logits:
+//   z_j = logits[id_j] / T,  lse = logsumexp over all k slots,  p_j = exp(z_j - lse)
+//   v_j = the slot's value (slot_value below); NaN marks a slot left out (K = the others)
+//   M   = {j in K : p_j > min_weight}, or {the first j maximising [j in K] p_j} when that is empty
+//   log pi = (1 / |M|) sum_{j in M} v_j        (NaN when the fallback slot is not in K)
+// A hard row's log pi is log softmax(logits / T)[id_0] over the whole vocabulary.
+// Gradient w.r.t. the logits (M and the clamps' active sets held fixed; the draws are data):
+//   b_j = [j in M] (d v_j / d p_j) / |M|,   d log pi / d z_j = p_j (b_j - sum_i p_i b_i).
+
+template <typename T>
+struct SlotLpParams {
+  int kind;          // kNoiseTopKDirichlet or kNoiseWeightGaussian
+  T inv_temp;        // 1 / temperature
+  T alpha;           // TopKDirichlet: concentration c_j = alpha * p_j
+  T lo, hi;          // TopKDirichlet: clamp of v_j (+-inf when off)
+  T var, two_var;    // WeightGaussian: sigma^2 and 2 sigma^2
+  T log_norm;        // WeightGaussian: log sigma + log(2 pi) / 2
+  T radius;          // WeightGaussian: the draw is clamped to p_j +- radius
+  T min_weight;
+};
+
+#if defined(__CUDA_ARCH__)
+SK_HD float sk_lgamma(float x) { return ::lgammaf(x); }
+SK_HD double sk_lgamma(double x) { return ::lgamma(x); }
+#else
+// The reentrant forms: lgamma writes the global signgam, from every CPU thread at once.
+SK_HD float sk_lgamma(float x) {
+  int sign;
+  return ::lgammaf_r(x, &sign);
+}
+SK_HD double sk_lgamma(double x) {
+  int sign;
+  return ::lgamma_r(x, &sign);
+}
+#endif
+
+// digamma(x) for x > 0 (NaN in, NaN out): the recurrence psi(x) = psi(x + 1) - 1 / x up to
+// x >= 10, then the asymptotic series to the x^-14 term (truncation error < 1e-16 there).
+SK_HD double sk_digamma(double x) {
+  double r = 0.0;
+  while (x < 10.0) {
+    r -= 1.0 / x;
+    x += 1.0;
+  }
+  const double f = 1.0 / (x * x);
+  const double t =
+      f * (-1.0 / 12 +
+           f * (1.0 / 120 +
+                f * (-1.0 / 252 +
+                     f * (1.0 / 240 + f * (-1.0 / 132 + f * (691.0 / 32760 + f * (-1.0 / 12)))))));
+  return r + ::log(x) - 0.5 / x + t;
+}
+
+// One slot's value v and its derivative d v / d p (0 where a clamp is active or v is an edge
+// value). TopKDirichlet: v = clamp((c - 1) log G - G - lgamma(c), lo, hi), c = alpha p; at G = 0
+// or c = 0 it is SofT-GRPO's xlogy(c - 1, G) - G - lgamma(c) (+inf, 0, -inf or NaN) with no
+// gradient. WeightGaussian: v = log N(clamp(x, p - radius, p + radius); p, sigma^2).
+template <typename T>
+SK_HD T slot_value(T p, T draw, const SlotLpParams<T>& q, T& dvdp) {
+  dvdp = T(0);
+  if (q.kind == kNoiseTopKDirichlet) {
+    const T c = q.alpha * p;
+    T v;
+    if (draw > T(0) && c > T(0)) {
+      const T lx = sk_log(draw);
+      v = (c - T(1)) * lx - draw - sk_lgamma(c);
+      dvdp = q.alpha * (lx - static_cast<T>(sk_digamma(static_cast<double>(c))));
+    } else {
+      const T a = c - T(1);
+      const T xlogy = sk_isnan(draw) ? draw : (a == T(0) ? T(0) : a * sk_log(draw));
+      v = xlogy - draw - sk_lgamma(c);
+    }
+    if (v < q.lo) {
+      v = q.lo;
+      dvdp = T(0);
+    } else if (v > q.hi) {
+      v = q.hi;
+      dvdp = T(0);
+    }
+    return v;
+  }
+  const T lo = p - q.radius, hi = p + q.radius;
+  T xc = draw;
+  bool inside = true;
+  if (draw < lo) {
+    xc = lo;
+    inside = false;
+  } else if (draw > hi) {
+    xc = hi;
+    inside = false;
+  }
+  const T d = xc - p;
+  if (inside) dvdp = d / q.var;
+  return -(d * d) / q.two_var - q.log_norm;
+}
+
+// Whether a slot is in M before the fallback, and its key for the fallback's argmax.
+template <typename T>
+SK_HD bool slot_counts(T p, T v, const SlotLpParams<T>& q) {
+  return !sk_isnan(v) && p > q.min_weight;
+}
+
+template <typename T>
+SK_HD T slot_fallback_key(T p, T v) {
+  return sk_isnan(v) ? T(0) : p;
+}
+
+// Draws the wrapper refuses (validate=True): NaN / inf, and negative Gamma draws. Only flagged:
+// with validate=False the row is scored from them as given.
+template <typename T>
+SK_HD int slot_draw_status(T draw, int kind) {
+  if (sk_isnan(draw) || draw == sk_inf<T>() || draw == -sk_inf<T>()) return kLpBadNoise;
+  if (kind == kNoiseTopKDirichlet && draw < T(0)) return kLpBadNoise;
+  return kLpOk;
+}
+
+// Status bits after which a soft row is not scored (NaN): its slot logits are unusable.
+constexpr int kLpSlotFatal = kLpBadId | kLpNonFinite | kLpAllMasked;
+
 }  // namespace softkernels

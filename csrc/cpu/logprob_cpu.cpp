@@ -1,4 +1,4 @@
-// CPU implementation of gumbel_logprob / gaussian_logprob and their backward ops.
+// CPU implementation of gumbel_logprob / slot_logprob / gaussian_logprob and their backward ops.
 //
 // Rows run in parallel (at::parallel_for); each row is handled by one thread with the formulas of
 // csrc/common/logprob.h. Soft rows of gumbel_logprob read only their k slot logits; hard rows
@@ -303,6 +303,210 @@ std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cpu(SK_GUMBEL_LP_BACK
                                      g_prime_grad ? &grad_g : nullptr);
   });
   return {grad_logits, grad_g};
+}
+
+// ---------------------------------------------------------------------------------------------
+// slot_logprob (TopKDirichlet / WeightGaussian)
+
+// Gathers a soft row's k slot logits z and their max m; returns the row's status bits.
+template <typename scalar_t, typename T>
+int gather_slot_row(const scalar_t* x, const int64_t* id, const T* dr, int64_t k, int64_t V,
+                    const SlotLpParams<T>& p, T* z, T& m) {
+  int status = kLpOk;
+  m = -sk_inf<T>();
+  for (int64_t j = 0; j < k; ++j) {
+    status |= slot_draw_status(dr[j], p.kind);
+    if (id[j] < 0 || id[j] >= V) {
+      status |= kLpBadId;
+      z[j] = sk_nan<T>();
+      continue;
+    }
+    z[j] = static_cast<T>(x[id[j]]) * p.inv_temp;
+    status |= logit_status(z[j]);
+    if (z[j] > m) m = z[j];
+  }
+  if (!(status & kLpSlotFatal) && m == -sk_inf<T>()) status |= kLpAllMasked;
+  return status;
+}
+
+// A scored soft row: p_j, v_j, d v_j / d p_j and M (count, and the fallback slot when count = 0)
+// from the gathered z and the row's lse. Returns log pi.
+template <typename T>
+T score_slot_row(const T* z, const T* dr, int64_t k, T lse, const SlotLpParams<T>& p, T* pr,
+                 T* v, T* dv, int64_t& count, int64_t& best) {
+  count = 0;
+  best = 0;
+  T sum_v = T(0), best_key = -sk_inf<T>();
+  for (int64_t j = 0; j < k; ++j) {
+    pr[j] = sk_exp(z[j] - lse);
+    v[j] = slot_value(pr[j], dr[j], p, dv[j]);
+    if (slot_counts(pr[j], v[j], p)) {
+      sum_v += v[j];
+      ++count;
+    }
+    const T key = slot_fallback_key(pr[j], v[j]);
+    if (key > best_key) {
+      best_key = key;
+      best = j;
+    }
+  }
+  return count > 0 ? sum_v / static_cast<T>(count) : v[best];
+}
+
+template <typename T>
+T slot_row_lse(const T* z, int64_t k, T m) {
+  T s = T(0);
+  for (int64_t j = 0; j < k; ++j) {
+    if (z[j] != -sk_inf<T>()) s += std::exp(z[j] - m);
+  }
+  return m + std::log(s);
+}
+
+// A hard row: (log pi, lse) over the whole row, or NaN with the status bits set.
+template <typename scalar_t, typename T>
+void hard_row_logprob(const scalar_t* x, int64_t id0, int64_t V, T inv_temp, int& status, T& lp,
+                      T& lse) {
+  const T m = row_max(x, V, inv_temp);
+  if (sk_isnan(m) || m == sk_inf<T>()) {
+    status |= kLpNonFinite;
+  } else if (m == -sk_inf<T>()) {
+    status |= kLpAllMasked;
+  }
+  if (id0 < 0 || id0 >= V) status |= kLpBadId;
+  if (status == kLpOk) {
+    lse = m + std::log(row_sum_exp(x, V, inv_temp, m));
+    lp = static_cast<T>(x[id0]) * inv_temp - lse;
+  }
+}
+
+template <typename scalar_t>
+void slot_forward_kernel(const at::Tensor& logits, const SlotLpCall& c,
+                         const SlotLpParams<acc_t<scalar_t>>& p, at::Tensor& logprob,
+                         at::Tensor& lse_out, at::Tensor& status_out) {
+  using T = acc_t<scalar_t>;
+  const GumbelLpShape& sh = c.sh;
+  const scalar_t* X = logits.data_ptr<scalar_t>();
+  const int64_t* I = c.ids.data_ptr<int64_t>();
+  const T* DR = c.draws.data_ptr<T>();
+  const bool* hard = c.hard_p;
+  T* LP = logprob.data_ptr<T>();
+  T* LSE = lse_out.data_ptr<T>();
+  int* ST = status_out.data_ptr<int>();
+  const int64_t N = sh.N, V = sh.V, k = sh.k;
+  const int64_t cost = hard ? V : 16 * k;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cost, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> z(k), pr(k), v(k), dv(k);
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* x = X + row_offset(sh.logits_rows, n);
+      const int64_t* id = I + n * k;
+      int status = kLpOk;
+      T lp = sk_nan<T>(), lse = sk_nan<T>();
+      if (hard && hard[n]) {
+        hard_row_logprob(x, id[0], V, p.inv_temp, status, lp, lse);
+      } else {
+        const T* dr = DR + n * k;
+        T m;
+        status = gather_slot_row(x, id, dr, k, V, p, z.data(), m);
+        if (!(status & kLpSlotFatal)) {
+          lse = slot_row_lse(z.data(), k, m);
+          int64_t count, best;
+          lp = score_slot_row(z.data(), dr, k, lse, p, pr.data(), v.data(), dv.data(), count,
+                              best);
+        }
+      }
+      LP[n] = lp;
+      LSE[n] = lse;
+      ST[n] = status;
+    }
+  });
+}
+
+template <typename scalar_t>
+void slot_backward_kernel(const at::Tensor& logits, const SlotLpBackwardCall& c,
+                          const SlotLpParams<acc_t<scalar_t>>& p, at::Tensor& grad_logits) {
+  using T = acc_t<scalar_t>;
+  const GumbelLpShape& sh = c.sh;
+  const scalar_t* X = logits.data_ptr<scalar_t>();
+  const int64_t* I = c.ids.data_ptr<int64_t>();
+  const T* DR = c.draws.data_ptr<T>();
+  const T* GR = c.grad.data_ptr<T>();
+  const T* LSE = c.lse.data_ptr<T>();
+  const bool* hard = c.hard_p;
+  scalar_t* GL = grad_logits.data_ptr<scalar_t>();
+  const int64_t N = sh.N, V = sh.V, k = sh.k;
+  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1));
+  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+    std::vector<T> z(k), pr(k), v(k), dv(k);
+    for (int64_t n = begin; n < end; ++n) {
+      const scalar_t* x = X + row_offset(sh.logits_rows, n);
+      const int64_t* id = I + n * k;
+      const T* dr = DR + n * k;
+      scalar_t* gl = GL + n * V;
+      const T g = GR[n], lse = LSE[n];
+      const bool is_hard = hard && hard[n];
+      bool bad = sk_isnan(lse);
+      if (!bad && is_hard) bad = id[0] < 0 || id[0] >= V;
+      if (!bad && !is_hard) {
+        T m;
+        bad = (gather_slot_row(x, id, dr, k, V, p, z.data(), m) & kLpSlotFatal) != 0;
+      }
+      if (bad) {
+        // A row the forward flagged: NaN gradients (never an out-of-bounds read).
+        std::fill(gl, gl + V, static_cast<scalar_t>(sk_nan<T>()));
+        continue;
+      }
+      if (is_hard) {
+        const T cg = g * p.inv_temp;
+        row_softmax_grad(x, V, p.inv_temp, lse, cg, gl);
+        const T z0 = static_cast<T>(x[id[0]]) * p.inv_temp;
+        gl[id[0]] = static_cast<scalar_t>(cg * (T(1) - std::exp(z0 - lse)));
+        continue;
+      }
+      std::fill(gl, gl + V, static_cast<scalar_t>(0));
+      int64_t count, best;
+      score_slot_row(z.data(), dr, k, lse, p, pr.data(), v.data(), dv.data(), count, best);
+      // b_j (in dv) and sum_i p_i b_i.
+      T pb = T(0);
+      for (int64_t j = 0; j < k; ++j) {
+        const bool in_m = count > 0 ? slot_counts(pr[j], v[j], p) : j == best;
+        dv[j] = in_m ? g * dv[j] / static_cast<T>(count > 0 ? count : 1) : T(0);
+        pb += pr[j] * dv[j];
+      }
+      for (int64_t j = 0; j < k; ++j) {
+        const T gz = pr[j] * (dv[j] - pb) * p.inv_temp;
+        // A repeated id accumulates (soft_embed never repeats ids within a row).
+        gl[id[j]] = static_cast<scalar_t>(static_cast<T>(gl[id[j]]) + gz);
+      }
+    }
+  });
+}
+
+GumbelLpOutputs slot_logprob_cpu(SK_SLOT_LP_CPP_PARAMS) {
+  SlotLpCall c = prepare_slot_lp_forward(logits, ids_in, draws_in, hard_in);
+  // The parameters are checked before the early return, so that a bad kind never passes.
+  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+  auto& [logprob, lse, status] = c.outs;
+  if (c.sh.N == 0) return c.outs;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "slot_logprob", [&] {
+    const auto p = slot_lp_params<acc_t<scalar_t>>(kind, SK_SLOT_LP_PARAM_VALUES);
+    slot_forward_kernel<scalar_t>(logits, c, p, logprob, lse, status);
+  });
+  return c.outs;
+}
+
+at::Tensor slot_logprob_backward_cpu(SK_SLOT_LP_BACKWARD_CPP_PARAMS) {
+  SlotLpBackwardCall c =
+      prepare_slot_lp_backward(grad_in, logits, ids_in, draws_in, hard_in, lse_in);
+  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+  if (c.sh.N == 0) return c.grad_logits;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "slot_logprob_backward", [&] {
+    const auto p = slot_lp_params<acc_t<scalar_t>>(kind, SK_SLOT_LP_PARAM_VALUES);
+    slot_backward_kernel<scalar_t>(logits, c, p, c.grad_logits);
+  });
+  return c.grad_logits;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-// CUDA implementation of gumbel_logprob / gaussian_logprob and their backward ops.
+// CUDA implementation of gumbel_logprob / slot_logprob / gaussian_logprob and their backward ops.
 //
 // gumbel_logprob: one 256-thread block per row. A soft row's threads own its k slots (at most 4
 // each, k <= 1024): they gather the k slot logits, then block reductions give the log-sum-exp over
@@ -6,7 +6,8 @@
 // row's threads stride over the vocabulary with an online (max, sum-exp) state, merged across the
 // block. The backward writes the dense gradient row: softmax for hard rows; zeros plus the k slot
 // gradients for soft rows (a repeated id is summed by its first slot, so no atomics and the result
-// is deterministic).
+// is deterministic). slot_logprob (TopKDirichlet / WeightGaussian) has the same layout: a soft
+// row gathers its k slot logits, a hard row strides over the vocabulary.
 // gaussian_logprob: one warp per row, lanes stride over D, fp32 (fp64) accumulation.
 // Every reduction combines partial results in a fixed order: outputs are bitwise reproducible.
 #include <ATen/Dispatch.h>
@@ -376,6 +377,247 @@ std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cuda(SK_GUMBEL_LP_BAC
         g_prime_grad ? c.grad_g.data_ptr<T>() : nullptr);
   });
   return {c.grad_logits, c.grad_g};
+}
+
+// ---------------------------------------------------------------------------------------------
+// slot_logprob (TopKDirichlet / WeightGaussian): gumbel_logprob's layout, one block per row.
+
+// Gathers this thread's slots of a soft row and reduces the row's status and max slot logit over
+// the block. Mirrors gather_slot_row of the CPU kernel.
+template <typename scalar_t, typename T>
+__device__ int gather_slot_slots(const scalar_t* x, const int64_t* id, const T* dr, int64_t k,
+                                 int64_t V, const SlotLpParams<T>& p, T (&z)[kSlotsPerThread],
+                                 T& m, Scratch<T>& sc) {
+  int status = kLpOk;
+  SlotBest<T> mine{-sk_inf<T>(), INT_MAX};
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+    z[r] = -sk_inf<T>();
+    if (j >= k) continue;
+    status |= slot_draw_status(dr[j], p.kind);
+    if (id[j] < 0 || id[j] >= V) {
+      status |= kLpBadId;
+      continue;
+    }
+    z[r] = static_cast<T>(x[id[j]]) * p.inv_temp;
+    status |= logit_status(z[r]);
+    if (!sk_isnan(z[r])) mine = slot_better(mine, SlotBest<T>{z[r], static_cast<int>(j)});
+  }
+  status = block_or(status, sc.i);
+  m = block_best(mine, sc.a, sc.i).z;
+  if (!(status & kLpSlotFatal) && m == -sk_inf<T>()) status |= kLpAllMasked;
+  return status;
+}
+
+// Per-thread part of a scored soft row (score_slot_row of the CPU kernel): p, v, d v / d p of
+// the thread's slots; the block-wide count of M and its fallback slot (count = 0); returns the
+// row's log pi to every thread.
+template <typename T>
+__device__ T score_slot_slots(const T (&z)[kSlotsPerThread], const T* dr, int64_t k, T lse,
+                              const SlotLpParams<T>& p, T (&pr)[kSlotsPerThread],
+                              T (&v)[kSlotsPerThread], T (&dv)[kSlotsPerThread], int& count,
+                              int& best, Scratch<T>& sc) {
+  T sum_v = T(0);
+  int cnt = 0;
+  SlotBest<T> key{-sk_inf<T>(), INT_MAX};
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+    pr[r] = T(0);
+    v[r] = sk_nan<T>();
+    dv[r] = T(0);
+    if (j >= k) continue;
+    pr[r] = sk_exp(z[r] - lse);
+    v[r] = slot_value(pr[r], dr[j], p, dv[r]);
+    if (slot_counts(pr[r], v[r], p)) {
+      sum_v += v[r];
+      ++cnt;
+    }
+    key = slot_better(key, SlotBest<T>{slot_fallback_key(pr[r], v[r]), static_cast<int>(j)});
+  }
+  count = block_sum(cnt, sc.i);
+  sum_v = block_sum(sum_v, sc.a);
+  best = -1;
+  if (count > 0) return sum_v / static_cast<T>(count);
+  best = block_best(key, sc.a, sc.i).j;
+  T vb = T(0);
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    if (threadIdx.x + int64_t(r) * kBlock == best) vb = v[r];
+  }
+  return block_sum(vb, sc.a);  // the other threads add exact zeros
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    slot_forward_kernel(const scalar_t* __restrict__ X, RowIndexer ix,
+                        const int64_t* __restrict__ I, const acc_t<scalar_t>* __restrict__ DR,
+                        const bool* __restrict__ hard, int64_t N, int64_t V, int64_t k,
+                        SlotLpParams<acc_t<scalar_t>> p, acc_t<scalar_t>* __restrict__ LP,
+                        acc_t<scalar_t>* __restrict__ LSE, int* __restrict__ ST) {
+  using T = acc_t<scalar_t>;
+  __shared__ Scratch<T> sc;
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const scalar_t* x = X + row_offset(ix, n);
+    const int64_t* id = I + n * k;
+    int status = kLpOk;
+    T lp = sk_nan<T>(), lse = sk_nan<T>();
+    if (hard != nullptr && hard[n]) {
+      LseState<T> st = lse_empty<T>();
+      for (int64_t v = threadIdx.x; v < V; v += kBlock) {
+        const T z = static_cast<T>(x[v]) * p.inv_temp;
+        const int bad = logit_status(z);
+        status |= bad;
+        if (!bad) lse_push(st, z);
+      }
+      status = block_or(status, sc.i);
+      st = block_lse(st, sc.a, sc.b);
+      if (id[0] < 0 || id[0] >= V) status |= kLpBadId;
+      if (status == kLpOk && st.s == T(0)) status |= kLpAllMasked;
+      if (status == kLpOk) {
+        lse = lse_value(st);
+        lp = static_cast<T>(x[id[0]]) * p.inv_temp - lse;
+      }
+    } else {
+      const T* dr = DR + n * k;
+      T z[kSlotsPerThread], pr[kSlotsPerThread], v[kSlotsPerThread], dv[kSlotsPerThread];
+      T m;
+      status = gather_slot_slots(x, id, dr, k, V, p, z, m, sc);
+      if (!(status & kLpSlotFatal)) {
+        T s = T(0);
+#pragma unroll
+        for (int r = 0; r < kSlotsPerThread; ++r) {
+          if (z[r] != -sk_inf<T>()) s += sk_exp(z[r] - m);
+        }
+        s = block_sum(s, sc.a);
+        lse = m + sk_log(s);
+        int count, best;
+        lp = score_slot_slots(z, dr, k, lse, p, pr, v, dv, count, best, sc);
+      }
+    }
+    if (threadIdx.x == 0) {
+      LP[n] = lp;
+      LSE[n] = lse;
+      ST[n] = status;
+    }
+  }
+}
+
+template <typename scalar_t>
+__global__ void __launch_bounds__(kBlock)
+    slot_backward_kernel(const acc_t<scalar_t>* __restrict__ GR, const scalar_t* __restrict__ X,
+                         RowIndexer ix, const int64_t* __restrict__ I,
+                         const acc_t<scalar_t>* __restrict__ DR, const bool* __restrict__ hard,
+                         const acc_t<scalar_t>* __restrict__ LSE, int64_t N, int64_t V,
+                         int64_t k, SlotLpParams<acc_t<scalar_t>> p,
+                         scalar_t* __restrict__ GL) {
+  using T = acc_t<scalar_t>;
+  __shared__ Scratch<T> sc;
+  __shared__ int64_t s_id[kMaxK];
+  __shared__ T s_gz[kMaxK];
+  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
+    const scalar_t* x = X + row_offset(ix, n);
+    const int64_t* id = I + n * k;
+    const T* dr = DR + n * k;
+    scalar_t* gl = GL + n * V;
+    const T g = GR[n], lse = LSE[n];
+    const bool is_hard = hard != nullptr && hard[n];
+    bool bad = sk_isnan(lse);
+    T z[kSlotsPerThread];
+    if (!bad && is_hard) bad = id[0] < 0 || id[0] >= V;
+    if (!bad && !is_hard) {
+      T m;
+      bad = (gather_slot_slots(x, id, dr, k, V, p, z, m, sc) & kLpSlotFatal) != 0;
+    }
+    if (bad) {
+      // A row the forward flagged: NaN gradients (never an out-of-bounds read).
+      for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(sk_nan<T>());
+      continue;
+    }
+    if (is_hard) {
+      const T c = g * p.inv_temp;
+      const int64_t id0 = id[0];
+      for (int64_t v = threadIdx.x; v < V; v += kBlock) {
+        const T e = sk_exp(static_cast<T>(x[v]) * p.inv_temp - lse);
+        gl[v] = static_cast<scalar_t>(c * ((v == id0 ? T(1) : T(0)) - e));
+      }
+      continue;
+    }
+    for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(0);
+    T pr[kSlotsPerThread], v[kSlotsPerThread], dv[kSlotsPerThread];
+    int count, best;
+    score_slot_slots(z, dr, k, lse, p, pr, v, dv, count, best, sc);
+    T pb = T(0);
+#pragma unroll
+    for (int r = 0; r < kSlotsPerThread; ++r) {
+      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+      const bool in_m = j < k && (count > 0 ? slot_counts(pr[r], v[r], p) : j == best);
+      dv[r] = in_m ? g * dv[r] / static_cast<T>(count > 0 ? count : 1) : T(0);
+      pb += pr[r] * dv[r];
+    }
+    pb = block_sum(pb, sc.a);
+#pragma unroll
+    for (int r = 0; r < kSlotsPerThread; ++r) {
+      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+      if (j >= k) continue;
+      s_id[j] = id[j];
+      s_gz[j] = pr[r] * (dv[r] - pb) * p.inv_temp;
+    }
+    __syncthreads();  // the zero fill and the slot arrays are complete
+#pragma unroll
+    for (int r = 0; r < kSlotsPerThread; ++r) {
+      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+      if (j >= k) continue;
+      const int64_t t = s_id[j];
+      bool first = true;
+      for (int64_t i = 0; i < j && first; ++i) first = s_id[i] != t;
+      if (!first) continue;
+      T sum = s_gz[j];
+      for (int64_t i = j + 1; i < k; ++i) {
+        if (s_id[i] == t) sum += s_gz[i];
+      }
+      gl[t] = static_cast<scalar_t>(sum);
+    }
+    __syncthreads();  // s_id / s_gz are reused by the next row
+  }
+}
+
+GumbelLpOutputs slot_logprob_cuda(SK_SLOT_LP_CPP_PARAMS) {
+  SlotLpCall c = prepare_slot_lp_forward(logits, ids_in, draws_in, hard_in);
+  // The parameters are checked before the early return, so that a bad kind never passes.
+  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+  const GumbelLpShape& sh = c.sh;
+  if (sh.N == 0) return c.outs;
+  auto& [logprob, lse, status] = c.outs;
+  on_stream(logits, "slot_logprob", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    using T = acc_t<scalar_t>;
+    const auto p = slot_lp_params<T>(kind, SK_SLOT_LP_PARAM_VALUES);
+    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, slot_forward_kernel<scalar_t>)(
+        logits.data_ptr<scalar_t>(), sh.logits_rows, c.ids.data_ptr<int64_t>(),
+        c.draws.data_ptr<T>(), c.hard_p, sh.N, sh.V, sh.k, p, logprob.data_ptr<T>(),
+        lse.data_ptr<T>(), status.data_ptr<int>());
+  });
+  return c.outs;
+}
+
+at::Tensor slot_logprob_backward_cuda(SK_SLOT_LP_BACKWARD_CPP_PARAMS) {
+  SlotLpBackwardCall c =
+      prepare_slot_lp_backward(grad_in, logits, ids_in, draws_in, hard_in, lse_in);
+  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+  const GumbelLpShape& sh = c.sh;
+  if (sh.N == 0) return c.grad_logits;
+  on_stream(logits, "slot_logprob_backward", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    using T = acc_t<scalar_t>;
+    const auto p = slot_lp_params<T>(kind, SK_SLOT_LP_PARAM_VALUES);
+    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, slot_backward_kernel<scalar_t>)(
+        c.grad.data_ptr<T>(), logits.data_ptr<scalar_t>(), sh.logits_rows,
+        c.ids.data_ptr<int64_t>(), c.draws.data_ptr<T>(), c.hard_p, c.lse.data_ptr<T>(), sh.N,
+        sh.V, sh.k, p, c.grad_logits.data_ptr<scalar_t>());
+  });
+  return c.grad_logits;
 }
 
 // ---------------------------------------------------------------------------------------------

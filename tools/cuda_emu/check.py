@@ -386,6 +386,43 @@ def logprob(quick):
 
 
 @case
+def slot_logprob(quick):
+    # topk_dirichlet_logprob / weight_gaussian_logprob: the emulated CUDA forward and backward
+    # against the CPU kernels (-inf logits, hard rows, k up to 700: several slots a thread, a
+    # repeated id in the last case), bitwise across schedules.
+    from test_slot_logprob import TOL as SL_TOL, assert_close, make_case
+    dtypes = [torch.float32, torch.bfloat16] if quick else [torch.float32, torch.bfloat16,
+                                                               torch.float16, torch.float64]
+    ops = ["slot_logprob", "slot_logprob_backward"]
+    fns = {"dir": sk.topk_dirichlet_logprob, "gau": sk.weight_gaussian_logprob}
+    for kind, fn in fns.items():
+        for dtype in dtypes:
+            for batch, V, k in [((4, 5), 3000, 10), ((3,), 20000, 64), ((2,), 500, 1),
+                                ((2,), 1500, 700)]:
+                logits, ids, draws, hard = make_case(kind, batch, V, k, dtype, neg_inf=True,
+                                                     seed=V + k)
+                if k == 700:
+                    ids = ids.clone()
+                    ids[..., 5] = ids[..., 300]
+
+                def run():
+                    x = logits.clone().requires_grad_()
+                    lp = fn(x, ids, draws, 0.7, hard, min_weight=0.01)
+                    w = torch.randn(lp.shape, dtype=lp.dtype,
+                                    generator=torch.Generator().manual_seed(2))
+                    (torch.where(torch.isfinite(lp), lp, 0.0) * w).sum().backward()
+                    return lp.detach(), x.grad
+
+                c = run()
+                e = emu_grads(ops, 1, run)
+                e2 = emu_grads(ops, 6, run)
+                what = f"slot {kind} {dtype} {batch} V{V} k{k}"
+                assert all(torch.equal(a, b) for a, b in zip(e, e2)), what + ": schedule-dependent"
+                assert_close(e[0], c[0], *SL_TOL[dtype][0], what + " logprob")
+                assert_close(e[1], c[1], *SL_TOL[dtype][1], what + " grad_logits")
+
+
+@case
 def route_step(quick):
     B = 700
     emu_state = sk.RouteState.start(B)

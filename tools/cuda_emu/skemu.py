@@ -25,8 +25,8 @@ ROOT = HERE.parent.parent
 # the raw ops each registers.
 LAUNCHERS = {
     "soft_embed_backward": ["soft_embed_backward"],
-    "logprob": ["gumbel_logprob", "gumbel_logprob_backward", "gaussian_logprob",
-                "gaussian_logprob_backward"],
+    "logprob": ["gumbel_logprob", "gumbel_logprob_backward", "slot_logprob",
+                "slot_logprob_backward", "gaussian_logprob", "gaussian_logprob_backward"],
     "route": ["route_step"],
     "mix": ["mix_embeddings"],
     "select_rows": ["select_rows", "add_rows_"],
