@@ -81,7 +81,10 @@ def check(kind, logits, ids, draws, hard, temperature=1.0, **kw):
     w = torch.randn(out.shape, dtype=torch.float64)
     (gl,) = torch.autograd.grad((torch.where(torch.isfinite(out), out, 0.0)
                                  * w.to(out.device, out.dtype)).sum(), x)
-    (rgl,) = torch.autograd.grad((torch.where(torch.isfinite(want), want, 0.0) * w).sum(), xr)
+    ref_loss = (torch.where(torch.isfinite(want), want, 0.0) * w).sum()
+    # A row whose counted slots are all clamped is a constant: the reference has no graph then.
+    rgl = (torch.autograd.grad(ref_loss, xr)[0] if ref_loss.requires_grad
+           else torch.zeros_like(xr))
     assert gl.dtype == logits.dtype and gl.shape == logits.shape
     assert_close(gl, rgl, gr, ga, f"{kind} grad_logits")
     return out
@@ -96,7 +99,8 @@ SHAPES = [((7,), 50, 5), ((2, 3), 300, 12), ((), 20, 3), ((1,), 9, 1), ((4,), 6,
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("batch,V,k", SHAPES)
 def test_matches_reference(kind, dtype, batch, V, k, device):
-    case = make_case(kind, batch, V, k, dtype, device, seed=hash((kind, V, k)) % 1000)
+    # From the test's own torch stream (conftest), so SOFTKERNELS_TEST_SEED replays the case.
+    case = make_case(kind, batch, V, k, dtype, device, seed=int(torch.randint(0, 2 ** 31, ())))
     check(kind, *case)
 
 
