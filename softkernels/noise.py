@@ -39,8 +39,27 @@ GPRIME_MODES = ("softkernels", "soft_grpo")
 MIN_TAU, MIN_ALPHA, MAX_NOISE_PARAM = _C.MIN_TAU, _C.MIN_ALPHA, _C.MAX_NOISE_PARAM
 
 
+class _GumbelFields:
+    """The Gumbel perturbation's fields (tau, scale, clamp), checked once for every noise kind
+    that has them (Gumbel, DirichletGumbel)."""
+
+    def _check_gumbel_fields(self):
+        name = type(self).__name__
+        object.__setattr__(self, "tau", float_arg(f"{name}.tau", self.tau, lo=MIN_TAU,
+                                                  hi=MAX_NOISE_PARAM))
+        object.__setattr__(self, "scale", float_arg(f"{name}.scale", self.scale, lo=0.0,
+                                                    hi=MAX_NOISE_PARAM))
+        if self.clamp is not None:
+            object.__setattr__(self, "clamp", pair_arg(f"{name}.clamp", self.clamp))
+
+    @property
+    def bounds(self) -> Tuple[float, float]:
+        """The clamp as a pair of floats, (-inf, inf) when there is none."""
+        return self.clamp if self.clamp is not None else (-math.inf, math.inf)
+
+
 @dataclass(frozen=True)
-class Gumbel:
+class Gumbel(_GumbelFields):
     """Gumbel-softmax perturbation of the mixture weights (Randomized Soft Thinking, SofT-GRPO).
 
     On the k kept weights w: ``g' = log w + scale * clamp(g, *clamp)`` with ``g ~ Gumbel(0, 1)``
@@ -75,17 +94,7 @@ class Gumbel:
     def __post_init__(self):
         if self.gprime not in GPRIME_MODES:
             raise ValueError(f"Gumbel.gprime must be one of {GPRIME_MODES}, got {self.gprime!r}")
-        object.__setattr__(self, "tau", float_arg("Gumbel.tau", self.tau, lo=MIN_TAU,
-                                                  hi=MAX_NOISE_PARAM))
-        object.__setattr__(self, "scale", float_arg("Gumbel.scale", self.scale, lo=0.0,
-                                                    hi=MAX_NOISE_PARAM))
-        if self.clamp is not None:
-            object.__setattr__(self, "clamp", pair_arg("Gumbel.clamp", self.clamp))
-
-    @property
-    def bounds(self) -> Tuple[float, float]:
-        """The clamp as a pair of floats, (-inf, inf) when there is none."""
-        return self.clamp if self.clamp is not None else (-math.inf, math.inf)
+        self._check_gumbel_fields()
 
 
 @dataclass(frozen=True)
@@ -192,7 +201,7 @@ class WeightGaussian:
 
 
 @dataclass(frozen=True)
-class DirichletGumbel:
+class DirichletGumbel(_GumbelFields):
     """Dirichlet resampling then Gumbel-softmax, in one step (Randomized Soft Thinking with both).
 
     RST's order (WJMacro/Randomized-Soft-Thinking@4a95b5a, sglang_soft_thinking_pkg/python/sglang/
@@ -218,17 +227,7 @@ class DirichletGumbel:
     def __post_init__(self):
         object.__setattr__(self, "alpha", float_arg("DirichletGumbel.alpha", self.alpha,
                                                     lo=MIN_ALPHA, hi=MAX_NOISE_PARAM))
-        object.__setattr__(self, "tau", float_arg("DirichletGumbel.tau", self.tau, lo=MIN_TAU,
-                                                  hi=MAX_NOISE_PARAM))
-        object.__setattr__(self, "scale", float_arg("DirichletGumbel.scale", self.scale, lo=0.0,
-                                                    hi=MAX_NOISE_PARAM))
-        if self.clamp is not None:
-            object.__setattr__(self, "clamp", pair_arg("DirichletGumbel.clamp", self.clamp))
-
-    @property
-    def bounds(self) -> Tuple[float, float]:
-        """The clamp as a pair of floats, (-inf, inf) when there is none."""
-        return self.clamp if self.clamp is not None else (-math.inf, math.inf)
+        self._check_gumbel_fields()
 
 
 Noise = Union[Gumbel, Dirichlet, Gaussian, TopKDirichlet, WeightGaussian, DirichletGumbel]
