@@ -104,11 +104,6 @@ inline GumbelLpShape slot_rows_check(const char* op, const char* noise, const at
   return s;
 }
 
-inline GumbelLpShape gumbel_lp_check(const at::Tensor& logits, const at::Tensor& ids,
-                                     const at::Tensor& g_prime, const LpOptTensor& hard) {
-  return slot_rows_check("gumbel_logprob", "g_prime", logits, ids, g_prime, hard);
-}
-
 template <typename T>
 GumbelLpParams<T> gumbel_lp_params(double temperature, double scale, double clamp_lo,
                                    double clamp_hi, double min_weight) {
@@ -248,6 +243,14 @@ inline void gaussian_lp_backward_check(const at::Tensor& grad, const at::Tensor&
       int64_t kind, double temperature, double alpha, double clamp_lo, double clamp_hi,           \
       double sigma, double radius, double min_weight
 #define SK_SLOT_LP_PARAM_VALUES temperature, alpha, clamp_lo, clamp_hi, sigma, radius, min_weight
+#define SK_GUMBEL_LP_PARAM_VALUES temperature, scale, clamp_lo, clamp_hi, min_weight
+// The arguments of the lists above, to pass them on.
+#define SK_GUMBEL_LP_CPP_ARGS logits, ids_in, g_prime_in, hard_in, SK_GUMBEL_LP_PARAM_VALUES
+#define SK_GUMBEL_LP_BACKWARD_CPP_ARGS \
+  grad_in, logits, ids_in, g_prime_in, hard_in, lse_in, SK_GUMBEL_LP_PARAM_VALUES, g_prime_grad
+#define SK_SLOT_LP_CPP_ARGS logits, ids_in, draws_in, hard_in, kind, SK_SLOT_LP_PARAM_VALUES
+#define SK_SLOT_LP_BACKWARD_CPP_ARGS \
+  grad_in, logits, ids_in, draws_in, hard_in, lse_in, kind, SK_SLOT_LP_PARAM_VALUES
 #define SK_GAUSSIAN_LP_CPP_PARAMS                                                                 \
   const at::Tensor &x, const at::Tensor &mean, const LpOptTensor &sigma_in, double sigma
 #define SK_GAUSSIAN_LP_BACKWARD_CPP_PARAMS                                                        \
@@ -263,54 +266,9 @@ inline void gaussian_lp_backward_check(const at::Tensor& grad, const at::Tensor&
   m.impl("slot_logprob", &slot_logprob_##suffix);                            \
   m.impl("slot_logprob_backward", &slot_logprob_backward_##suffix)
 
-struct GumbelLpCall {
-  at::Tensor ids, g_prime;
-  LpOptTensor hard;
-  GumbelLpShape sh;
-  const bool* hard_p;
-  GumbelLpOutputs outs;  // forward only
-};
-
-inline GumbelLpCall prepare_gumbel_lp(const at::Tensor& logits, const at::Tensor& ids_in,
-                                      const at::Tensor& g_prime_in, const LpOptTensor& hard_in) {
-  GumbelLpCall c;
-  c.ids = ids_in.contiguous();
-  c.g_prime = g_prime_in.contiguous();
-  c.hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
-  c.sh = gumbel_lp_check(logits, c.ids, c.g_prime, c.hard);
-  c.hard_p = c.hard ? c.hard->data_ptr<bool>() : nullptr;
-  return c;
-}
-
-inline GumbelLpCall prepare_gumbel_lp_forward(const at::Tensor& logits, const at::Tensor& ids_in,
-                                              const at::Tensor& g_prime_in,
-                                              const LpOptTensor& hard_in) {
-  GumbelLpCall c = prepare_gumbel_lp(logits, ids_in, g_prime_in, hard_in);
-  c.outs = gumbel_lp_allocate(logits);
-  return c;
-}
-
-struct GumbelLpBackwardCall : GumbelLpCall {
-  at::Tensor grad, lse, grad_logits, grad_g;
-};
-
-inline GumbelLpBackwardCall prepare_gumbel_lp_backward(
-    const at::Tensor& grad_in, const at::Tensor& logits, const at::Tensor& ids_in,
-    const at::Tensor& g_prime_in, const LpOptTensor& hard_in, const at::Tensor& lse_in,
-    bool g_prime_grad) {
-  GumbelLpBackwardCall c;
-  static_cast<GumbelLpCall&>(c) = prepare_gumbel_lp(logits, ids_in, g_prime_in, hard_in);
-  c.grad = grad_in.contiguous();
-  c.lse = lse_in.contiguous();
-  gumbel_lp_backward_check(c.grad, logits, c.lse);
-  c.grad_logits = at::empty(logits.sizes(), logits.options());
-  c.grad_g = g_prime_grad ? at::empty(c.g_prime.sizes(), c.g_prime.options())
-                          : at::empty({0}, c.g_prime.options());
-  return c;
-}
-
-// slot_logprob's preambles: the checks of gumbel_logprob's (draws in place of g_prime).
-struct SlotLpCall {
+// One preamble for both slot-row ops: gumbel_logprob's per-slot draws are its g_prime, the slot
+// op's are the Dirichlet / Gaussian draws; `draws_name` names them in the error messages.
+struct SlotRowsCall {
   at::Tensor ids, draws;
   LpOptTensor hard;
   GumbelLpShape sh;
@@ -318,44 +276,71 @@ struct SlotLpCall {
   GumbelLpOutputs outs;  // forward only
 };
 
-inline SlotLpCall prepare_slot_lp(const char* op, const at::Tensor& logits,
-                                  const at::Tensor& ids_in, const at::Tensor& draws_in,
-                                  const LpOptTensor& hard_in) {
-  SlotLpCall c;
+inline SlotRowsCall prepare_slot_rows(const char* op, const char* draws_name,
+                                      const at::Tensor& logits, const at::Tensor& ids_in,
+                                      const at::Tensor& draws_in, const LpOptTensor& hard_in) {
+  SlotRowsCall c;
   c.ids = ids_in.contiguous();
   c.draws = draws_in.contiguous();
   c.hard = hard_in ? LpOptTensor(hard_in->contiguous()) : LpOptTensor();
-  c.sh = slot_rows_check(op, "draws", logits, c.ids, c.draws, c.hard);
+  c.sh = slot_rows_check(op, draws_name, logits, c.ids, c.draws, c.hard);
   c.hard_p = c.hard ? c.hard->data_ptr<bool>() : nullptr;
   return c;
 }
 
-inline SlotLpCall prepare_slot_lp_forward(const at::Tensor& logits, const at::Tensor& ids_in,
-                                          const at::Tensor& draws_in,
-                                          const LpOptTensor& hard_in) {
-  SlotLpCall c = prepare_slot_lp("slot_logprob", logits, ids_in, draws_in, hard_in);
+inline SlotRowsCall prepare_slot_rows_forward(const char* op, const char* draws_name,
+                                              const at::Tensor& logits, const at::Tensor& ids_in,
+                                              const at::Tensor& draws_in,
+                                              const LpOptTensor& hard_in) {
+  SlotRowsCall c = prepare_slot_rows(op, draws_name, logits, ids_in, draws_in, hard_in);
   c.outs = gumbel_lp_allocate(logits);
   return c;
 }
 
-struct SlotLpBackwardCall : SlotLpCall {
-  at::Tensor grad, lse, grad_logits;
+// grad_draws is allocated only when asked for (gumbel_logprob's g_prime gradient), else empty.
+struct SlotRowsBackwardCall : SlotRowsCall {
+  at::Tensor grad, lse, grad_logits, grad_draws;
 };
 
-inline SlotLpBackwardCall prepare_slot_lp_backward(const at::Tensor& grad_in,
-                                                   const at::Tensor& logits,
-                                                   const at::Tensor& ids_in,
-                                                   const at::Tensor& draws_in,
-                                                   const LpOptTensor& hard_in,
-                                                   const at::Tensor& lse_in) {
-  SlotLpBackwardCall c;
-  static_cast<SlotLpCall&>(c) =
-      prepare_slot_lp("slot_logprob_backward", logits, ids_in, draws_in, hard_in);
+inline SlotRowsBackwardCall prepare_slot_rows_backward(
+    const char* op, const char* draws_name, const at::Tensor& grad_in, const at::Tensor& logits,
+    const at::Tensor& ids_in, const at::Tensor& draws_in, const LpOptTensor& hard_in,
+    const at::Tensor& lse_in, bool draws_grad) {
+  SlotRowsBackwardCall c;
+  static_cast<SlotRowsCall&>(c) =
+      prepare_slot_rows(op, draws_name, logits, ids_in, draws_in, hard_in);
   c.grad = grad_in.contiguous();
   c.lse = lse_in.contiguous();
-  gumbel_lp_backward_check(c.grad, logits, c.lse, "slot_logprob_backward");
+  gumbel_lp_backward_check(c.grad, logits, c.lse, op);
   c.grad_logits = at::empty(logits.sizes(), logits.options());
+  c.grad_draws = draws_grad ? at::empty(c.draws.sizes(), c.draws.options())
+                            : at::empty({0}, c.draws.options());
   return c;
+}
+
+// The four slot-row preambles: the scalar parameters are checked first, so that a bad value
+// never passes (not even with no rows).
+inline SlotRowsCall prepare_gumbel_lp_forward(SK_GUMBEL_LP_CPP_PARAMS) {
+  (void)gumbel_lp_params<double>(SK_GUMBEL_LP_PARAM_VALUES);
+  return prepare_slot_rows_forward("gumbel_logprob", "g_prime", logits, ids_in, g_prime_in,
+                                   hard_in);
+}
+
+inline SlotRowsBackwardCall prepare_gumbel_lp_backward(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
+  (void)gumbel_lp_params<double>(SK_GUMBEL_LP_PARAM_VALUES);
+  return prepare_slot_rows_backward("gumbel_logprob_backward", "g_prime", grad_in, logits,
+                                    ids_in, g_prime_in, hard_in, lse_in, g_prime_grad);
+}
+
+inline SlotRowsCall prepare_slot_lp_forward(SK_SLOT_LP_CPP_PARAMS) {
+  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+  return prepare_slot_rows_forward("slot_logprob", "draws", logits, ids_in, draws_in, hard_in);
+}
+
+inline SlotRowsBackwardCall prepare_slot_lp_backward(SK_SLOT_LP_BACKWARD_CPP_PARAMS) {
+  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+  return prepare_slot_rows_backward("slot_logprob_backward", "draws", grad_in, logits, ids_in,
+                                    draws_in, hard_in, lse_in, false);
 }
 
 struct GaussianLpCall {

@@ -241,49 +241,15 @@ def gumbel_logprob(
         ``g_prime``), with the slot mask and the clamp's active set held fixed.
     """
     fn = "gumbel_logprob"
-    check_tensor(fn, "logits", logits, dtypes=FLOAT_DTYPES)
-    if logits.dim() < 1:
-        raise ValueError(f"{fn}: logits must be a [..., V] tensor, got shape {tuple(logits.shape)}")
-    device = logits.device
-    V = logits.shape[-1]
-    if V < 1:
-        raise ValueError(f"{fn}: logits must have a vocabulary dimension V >= 1, got shape "
-                         f"{tuple(logits.shape)}")
-    batch = tuple(logits.shape[:-1])
-    check_tensor(fn, "ids", ids, dtypes=_INT_DTYPES, device=device)
-    if ids.dim() != logits.dim() or tuple(ids.shape[:-1]) != batch:
-        raise ValueError(f"{fn}: ids must have shape [..., k] with the logits' leading shape "
-                         f"{batch}, got {tuple(ids.shape)} (logits {tuple(logits.shape)})")
-    k = ids.shape[-1]
-    if not 1 <= k <= _MAX_K:
-        raise ValueError(f"{fn}: ids must have 1 <= k <= {_MAX_K} slots, got k = {k}")
-    check_tensor(fn, "g_prime", g_prime, dtypes=FLOAT_DTYPES, device=device)
-    if g_prime.shape != ids.shape:
-        raise ValueError(f"{fn}: g_prime must have the shape of ids {tuple(ids.shape)}, got "
-                         f"{tuple(g_prime.shape)}")
+    batch, V, k, temperature = _check_slot_inputs(fn, logits, ids, g_prime, temperature, hard,
+                                                  validate, draws_name="g_prime")
     _positive(fn, "tau", tau)
-    temperature = _positive(fn, "temperature", temperature)
     scale = _positive(fn, "scale", scale)
     lo, hi = _check_clamp(fn, clamp)
     min_weight = check_float(fn, "min_weight", min_weight, lo=0.0, hi=1.0, lo_open=False,
                              hi_open=True)
-    if hard is not None:
-        check_tensor(fn, "hard", hard, dtypes=(torch.bool,), device=device)
-        if tuple(hard.shape) != batch:
-            raise ValueError(f"{fn}: hard must have the logits' leading shape {batch}, got "
-                             f"{tuple(hard.shape)}")
-    check_bool(fn, "validate", validate)
     check_data = validate and not skip_data_checks(logits)
-
-    if len(batch) > _MAX_BATCH_DIMS:
-        logits, ids, g_prime = logits.reshape(-1, V), ids.reshape(-1, k), g_prime.reshape(-1, k)
-        hard = hard.reshape(-1) if hard is not None else None
-    if logits.stride(-1) != 1 and V > 1:
-        logits = logits.contiguous()
-    ids = ids.to(torch.int64).contiguous()
-    g_prime = g_prime.to(_stats_dtype(logits)).contiguous()
-    if hard is not None:
-        hard = hard.contiguous()
+    logits, ids, g_prime, hard = _slot_rows_args(logits, ids, g_prime, hard)
     logprob, _, status = torch.ops.softkernels.gumbel_logprob(
         logits, ids, g_prime, hard, temperature, scale, lo, hi, min_weight)
     if check_data and status.numel() > 0:
@@ -423,8 +389,10 @@ torch.library.register_autograd("softkernels::slot_logprob", _slot_backward,
 refuse_double_backward("slot_logprob_backward", "slot_logprob")
 
 
-def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate):
-    """Shared checks of the slot log-prob functions; returns (batch, V, k, temperature)."""
+def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate, *,
+                       draws_name="draws"):
+    """Shared checks of the slot-row log-prob functions (gumbel_logprob's draws are its
+    ``g_prime``); returns (batch, V, k, temperature)."""
     check_tensor(fn, "logits", logits, dtypes=FLOAT_DTYPES)
     if logits.dim() < 1 or logits.shape[-1] < 1:
         raise ValueError(f"{fn}: logits must be a [..., V] tensor with V >= 1, got shape "
@@ -439,9 +407,9 @@ def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate):
     k = ids.shape[-1]
     if not 1 <= k <= _MAX_K:
         raise ValueError(f"{fn}: ids must have 1 <= k <= {_MAX_K} slots, got k = {k}")
-    check_tensor(fn, "draws", draws, dtypes=FLOAT_DTYPES, device=device)
+    check_tensor(fn, draws_name, draws, dtypes=FLOAT_DTYPES, device=device)
     if draws.shape != ids.shape:
-        raise ValueError(f"{fn}: draws must have the shape of ids {tuple(ids.shape)}, got "
+        raise ValueError(f"{fn}: {draws_name} must have the shape of ids {tuple(ids.shape)}, got "
                          f"{tuple(draws.shape)}")
     temperature = _positive(fn, "temperature", temperature)
     if hard is not None:
@@ -451,6 +419,20 @@ def _check_slot_inputs(fn, logits, ids, draws, temperature, hard, validate):
                              f"{tuple(hard.shape)}")
     check_bool(fn, "validate", validate)
     return batch, V, k, temperature
+
+
+def _slot_rows_args(logits, ids, draws, hard):
+    """The tensors of a slot-row op in the layout the raw op asks for: at most _MAX_BATCH_DIMS
+    batch dimensions, unit-stride vocabulary, int64 ids, draws in the stats dtype."""
+    V, k = logits.shape[-1], ids.shape[-1]
+    if logits.dim() - 1 > _MAX_BATCH_DIMS:
+        logits, ids, draws = logits.reshape(-1, V), ids.reshape(-1, k), draws.reshape(-1, k)
+        hard = hard.reshape(-1) if hard is not None else None
+    if logits.stride(-1) != 1 and V > 1:
+        logits = logits.contiguous()
+    ids = ids.to(torch.int64).contiguous()
+    draws = draws.to(_stats_dtype(logits)).contiguous()
+    return logits, ids, draws, (hard.contiguous() if hard is not None else None)
 
 
 def _raise_for_slot_inputs(fn, kind, ids, draws, hard, V):
@@ -485,16 +467,8 @@ def _slot_logprob(fn, kind, logits, ids, draws, temperature, hard, validate, *, 
     batch, V, k = tuple(logits.shape[:-1]), logits.shape[-1], ids.shape[-1]
     check_data = validate and not skip_data_checks(logits, ids, draws)
     ids_in, draws_in, hard_in = ids, draws, hard
-    if len(batch) > _MAX_BATCH_DIMS:
-        logits, ids, draws = logits.reshape(-1, V), ids.reshape(-1, k), draws.reshape(-1, k)
-        hard = hard.reshape(-1) if hard is not None else None
-    if logits.stride(-1) != 1 and V > 1:
-        logits = logits.contiguous()
-    ids = ids.to(torch.int64).contiguous()
     # The draws are data: no gradient flows to them.
-    draws = draws.detach().to(_stats_dtype(logits)).contiguous()
-    if hard is not None:
-        hard = hard.contiguous()
+    logits, ids, draws, hard = _slot_rows_args(logits, ids, draws.detach(), hard)
     logprob, _, status = torch.ops.softkernels.slot_logprob(
         logits, ids, draws, hard, kind, temperature, alpha, lo, hi, sigma, radius, min_weight)
     if check_data and status.numel() > 0 and bool(

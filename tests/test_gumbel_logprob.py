@@ -349,7 +349,7 @@ def test_bad_data(device, corrupt, match):
     (lambda L, I, G, H: sk.gumbel_logprob(L.long(), I, G, 0.5), TypeError,
      r"logits must have dtype in .*got torch.int64"),
     (lambda L, I, G, H: sk.gumbel_logprob(L[0, 0, 0], I, G, 0.5), ValueError,
-     r"logits must be a \[..., V\] tensor, got shape \(\)"),
+     r"logits must be a \[..., V\] tensor with V >= 1, got shape \(\)"),
     (lambda L, I, G, H: sk.gumbel_logprob(L[..., :0], I, G, 0.5), ValueError,
      r"V >= 1, got shape \(2, 3, 0\)"),
     (lambda L, I, G, H: sk.gumbel_logprob(L, I.float(), G, 0.5), TypeError,

@@ -125,100 +125,131 @@ int gather_soft_row(const scalar_t* x, const int64_t* id, const T* gp, int64_t k
   return status;
 }
 
+// A hard row: (log pi, lse) over the whole row, or NaN with the status bits set.
+template <typename scalar_t, typename T>
+void hard_row_logprob(const scalar_t* x, int64_t id0, int64_t V, T inv_temp, int& status, T& lp,
+                      T& lse) {
+  const T m = row_max(x, V, inv_temp);
+  if (sk_isnan(m) || m == sk_inf<T>()) {
+    status |= kLpNonFinite;
+  } else if (m == -sk_inf<T>()) {
+    status |= kLpAllMasked;
+  }
+  if (id0 < 0 || id0 >= V) status |= kLpBadId;
+  if (status == kLpOk) {
+    lse = m + std::log(row_sum_exp(x, V, inv_temp, m));
+    lp = static_cast<T>(x[id0]) * inv_temp - lse;
+  }
+}
+
+// parallel_for grain of row loops over D values: about 32K values a task.
+int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1)); }
+
+// The pointers of a slot-row op's prepared call (csrc/logprob_host.h), shared by the four
+// slot-row kernels: logits rows, ids / draws [N, k] (draws: g_prime for Gumbel), hard [N].
 template <typename scalar_t>
-void gumbel_forward_kernel(const at::Tensor& logits, const at::Tensor& ids,
-                           const at::Tensor& g_prime, const bool* hard, const GumbelLpShape& sh,
-                           const GumbelLpParams<acc_t<scalar_t>>& p, at::Tensor& logprob,
-                           at::Tensor& lse_out, at::Tensor& status_out) {
+struct SlotRows {
   using T = acc_t<scalar_t>;
-  const scalar_t* X = logits.data_ptr<scalar_t>();
-  const int64_t* I = ids.data_ptr<int64_t>();
-  const T* G = g_prime.data_ptr<T>();
-  T* LP = logprob.data_ptr<T>();
-  T* LSE = lse_out.data_ptr<T>();
-  int* ST = status_out.data_ptr<int>();
-  const int64_t N = sh.N, V = sh.V, k = sh.k;
-  const int64_t cost = hard ? V : 8 * k;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cost, 1));
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> z(k);
-    for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* x = X + row_offset(sh.logits_rows, n);
-      const int64_t* id = I + n * k;
-      int status = kLpOk;
-      T lp = sk_nan<T>(), lse = sk_nan<T>();
-      if (hard && hard[n]) {
-        const T m = row_max(x, V, p.inv_temp);
-        if (sk_isnan(m) || m == sk_inf<T>()) {
-          status |= kLpNonFinite;
-        } else if (m == -sk_inf<T>()) {
-          status |= kLpAllMasked;
-        }
-        if (id[0] < 0 || id[0] >= V) status |= kLpBadId;
-        if (status == kLpOk) {
-          lse = m + std::log(row_sum_exp(x, V, p.inv_temp, m));
-          lp = static_cast<T>(x[id[0]]) * p.inv_temp - lse;
-        }
-      } else {
-        int64_t best;
-        const T* gp = G + n * k;
-        status = gather_soft_row(x, id, gp, k, V, p.inv_temp, z.data(), best);
-        if (status == kLpOk) {
-          const T m = z[best];
-          T s = T(0);
-          for (int64_t j = 0; j < k; ++j) {
-            if (!sk_isnan(z[j]) && z[j] != -sk_inf<T>()) s += std::exp(z[j] - m);
-          }
-          lse = m + std::log(s);
-          T sum_f = T(0), dfdu;
-          int64_t count = 0;
-          for (int64_t j = 0; j < k; ++j) {
-            if (sk_isnan(z[j])) continue;
-            const T l = z[j] - lse;
-            if (!gumbel_slot_counts(l, p)) continue;
-            sum_f += gumbel_slot_term(gp[j], l, p, dfdu);
-            ++count;
-          }
-          if (count == 0) {
-            sum_f = gumbel_slot_term(gp[best], z[best] - lse, p, dfdu);
-            count = 1;
-          }
-          lp = sum_f / static_cast<T>(count);
-        }
-      }
-      LP[n] = lp;
-      LSE[n] = lse;
-      ST[n] = status;
-    }
-  });
+  const scalar_t* X;
+  const int64_t* I;
+  const T* D;
+  const bool* hard;
+  int64_t N, V, k;
+  RowIndexer rows;
+  SlotRows(const at::Tensor& logits, const SlotRowsCall& c)
+      : X(logits.data_ptr<scalar_t>()), I(c.ids.data_ptr<int64_t>()), D(c.draws.data_ptr<T>()),
+        hard(c.hard_p), N(c.sh.N), V(c.sh.V), k(c.sh.k), rows(c.sh.logits_rows) {}
+  const scalar_t* x(int64_t n) const { return X + row_offset(rows, n); }
+  const int64_t* id(int64_t n) const { return I + n * k; }
+  const T* draws(int64_t n) const { return D + n * k; }
+  bool is_hard(int64_t n) const { return hard != nullptr && hard[n]; }
+};
+
+// The forward outputs (logprob, lse, status) of a slot-row op, written a row at a time.
+template <typename T>
+struct SlotRowsOut {
+  T* LP;
+  T* LSE;
+  int* ST;
+  explicit SlotRowsOut(GumbelLpOutputs& o)
+      : LP(std::get<0>(o).data_ptr<T>()), LSE(std::get<1>(o).data_ptr<T>()),
+        ST(std::get<2>(o).data_ptr<int>()) {}
+  void put(int64_t n, T lp, T lse, int status) const {
+    LP[n] = lp;
+    LSE[n] = lse;
+    ST[n] = status;
+  }
+};
+
+// Per-thread slot buffers of a soft row (k values each).
+template <typename T>
+struct RowScratch {
+  std::vector<T> z, pr, v, dv;
+  explicit RowScratch(int64_t k) : z(k), pr(k), v(k), dv(k) {}
+};
+
+// d log pi / d logits of a hard row, times the upstream gradient g.
+template <typename scalar_t, typename T>
+void hard_row_grad(const scalar_t* x, int64_t id0, int64_t V, T inv_temp, T lse, T g,
+                   scalar_t* gl) {
+  const T c = g * inv_temp;
+  row_softmax_grad(x, V, inv_temp, lse, c, gl);
+  const T z0 = static_cast<T>(x[id0]) * inv_temp;
+  gl[id0] = static_cast<scalar_t>(c * (T(1) - std::exp(z0 - lse)));
+}
+
+// A soft row of gumbel_logprob: the mean of the clamped per-slot terms over the counted slots
+// (the best slot alone when none counts). Returns the status; lp / lse are set when it is ok.
+template <typename scalar_t, typename T>
+int soft_row_forward(const scalar_t* x, const int64_t* id, const T* gp, int64_t k, int64_t V,
+                     const GumbelLpParams<T>& p, RowScratch<T>& b, T& lp, T& lse) {
+  T* z = b.z.data();
+  int64_t best;
+  const int status = gather_soft_row(x, id, gp, k, V, p.inv_temp, z, best);
+  if (status != kLpOk) return status;
+  const T m = z[best];
+  T s = T(0);
+  for (int64_t j = 0; j < k; ++j) {
+    if (!sk_isnan(z[j]) && z[j] != -sk_inf<T>()) s += std::exp(z[j] - m);
+  }
+  lse = m + std::log(s);
+  T sum_f = T(0), dfdu;
+  int64_t count = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    if (sk_isnan(z[j])) continue;
+    const T l = z[j] - lse;
+    if (!gumbel_slot_counts(l, p)) continue;
+    sum_f += gumbel_slot_term(gp[j], l, p, dfdu);
+    ++count;
+  }
+  if (count == 0) {
+    sum_f = gumbel_slot_term(gp[best], z[best] - lse, p, dfdu);
+    count = 1;
+  }
+  lp = sum_f / static_cast<T>(count);
+  return status;
 }
 
 template <typename scalar_t>
-void gumbel_backward_kernel(const at::Tensor& grad, const at::Tensor& logits,
-                            const at::Tensor& ids, const at::Tensor& g_prime, const bool* hard,
-                            const at::Tensor& lse_in, const GumbelLpShape& sh,
-                            const GumbelLpParams<acc_t<scalar_t>>& p, at::Tensor& grad_logits,
-                            at::Tensor* grad_g) {
+void gumbel_backward_kernel(const at::Tensor& logits, const SlotRowsBackwardCall& c,
+                            const GumbelLpParams<acc_t<scalar_t>>& p, bool g_prime_grad) {
   using T = acc_t<scalar_t>;
-  const scalar_t* X = logits.data_ptr<scalar_t>();
-  const int64_t* I = ids.data_ptr<int64_t>();
-  const T* G = g_prime.data_ptr<T>();
-  const T* GR = grad.data_ptr<T>();
-  const T* LSE = lse_in.data_ptr<T>();
-  scalar_t* GL = grad_logits.data_ptr<scalar_t>();
-  T* GG = grad_g ? grad_g->data_ptr<T>() : nullptr;
-  const int64_t N = sh.N, V = sh.V, k = sh.k;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1));
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  const SlotRows<scalar_t> r(logits, c);
+  const T* GR = c.grad.data_ptr<T>();
+  const T* LSE = c.lse.data_ptr<T>();
+  scalar_t* GL = c.grad_logits.data_ptr<scalar_t>();
+  T* GG = g_prime_grad ? c.grad_draws.data_ptr<T>() : nullptr;
+  const int64_t V = r.V, k = r.k;
+  at::parallel_for(0, r.N, row_grain(V), [&](int64_t begin, int64_t end) {
     std::vector<T> z(k), a(k);
     for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* x = X + row_offset(sh.logits_rows, n);
-      const int64_t* id = I + n * k;
-      const T* gp = G + n * k;
+      const scalar_t* x = r.x(n);
+      const int64_t* id = r.id(n);
+      const T* gp = r.draws(n);
       scalar_t* gl = GL + n * V;
       T* gg = GG ? GG + n * k : nullptr;
       const T g = GR[n], lse = LSE[n];
-      const bool is_hard = hard && hard[n];
+      const bool is_hard = r.is_hard(n);
       int64_t best = -1;
       bool bad = sk_isnan(lse);
       if (!bad && !is_hard) bad = gather_soft_row(x, id, gp, k, V, p.inv_temp, z.data(), best) != kLpOk;
@@ -230,10 +261,7 @@ void gumbel_backward_kernel(const at::Tensor& grad, const at::Tensor& logits,
         continue;
       }
       if (is_hard) {
-        const T c = g * p.inv_temp;
-        row_softmax_grad(x, V, p.inv_temp, lse, c, gl);
-        const T z0 = static_cast<T>(x[id[0]]) * p.inv_temp;
-        gl[id[0]] = static_cast<scalar_t>(c * (T(1) - std::exp(z0 - lse)));
+        hard_row_grad(x, id[0], V, p.inv_temp, lse, g, gl);
         if (gg) std::fill(gg, gg + k, T(0));
         continue;
       }
@@ -268,41 +296,6 @@ void gumbel_backward_kernel(const at::Tensor& grad, const at::Tensor& logits,
       }
     }
   });
-}
-
-GumbelLpOutputs gumbel_logprob_cpu(SK_GUMBEL_LP_CPP_PARAMS) {
-  GumbelLpCall c = prepare_gumbel_lp_forward(logits, ids_in, g_prime_in, hard_in);
-  const at::Tensor &ids = c.ids, &g_prime = c.g_prime;
-  const GumbelLpShape& sh = c.sh;
-  GumbelLpOutputs& outs = c.outs;
-  auto& [logprob, lse, status] = outs;
-  if (sh.N == 0) return outs;
-  const bool* hard_p = c.hard_p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
-                                  "gumbel_logprob", [&] {
-    const auto p = gumbel_lp_params<acc_t<scalar_t>>(temperature, scale, clamp_lo, clamp_hi,
-                                                     min_weight);
-    gumbel_forward_kernel<scalar_t>(logits, ids, g_prime, hard_p, sh, p, logprob, lse, status);
-  });
-  return outs;
-}
-
-std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cpu(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
-  GumbelLpBackwardCall c = prepare_gumbel_lp_backward(grad_in, logits, ids_in, g_prime_in,
-                                                      hard_in, lse_in, g_prime_grad);
-  const at::Tensor &ids = c.ids, &g_prime = c.g_prime, &grad = c.grad, &lse = c.lse;
-  at::Tensor &grad_logits = c.grad_logits, &grad_g = c.grad_g;
-  const GumbelLpShape& sh = c.sh;
-  if (sh.N == 0) return {grad_logits, grad_g};
-  const bool* hard_p = c.hard_p;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
-                                  "gumbel_logprob_backward", [&] {
-    const auto p = gumbel_lp_params<acc_t<scalar_t>>(temperature, scale, clamp_lo, clamp_hi,
-                                                     min_weight);
-    gumbel_backward_kernel<scalar_t>(grad, logits, ids, g_prime, hard_p, lse, sh, p, grad_logits,
-                                     g_prime_grad ? &grad_g : nullptr);
-  });
-  return {grad_logits, grad_g};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -362,89 +355,65 @@ T slot_row_lse(const T* z, int64_t k, T m) {
   return m + std::log(s);
 }
 
-// A hard row: (log pi, lse) over the whole row, or NaN with the status bits set.
+// A soft row of slot_logprob (csrc/common/logprob.h). Returns the status; lp / lse are set
+// unless a fatal bit is.
 template <typename scalar_t, typename T>
-void hard_row_logprob(const scalar_t* x, int64_t id0, int64_t V, T inv_temp, int& status, T& lp,
-                      T& lse) {
-  const T m = row_max(x, V, inv_temp);
-  if (sk_isnan(m) || m == sk_inf<T>()) {
-    status |= kLpNonFinite;
-  } else if (m == -sk_inf<T>()) {
-    status |= kLpAllMasked;
-  }
-  if (id0 < 0 || id0 >= V) status |= kLpBadId;
-  if (status == kLpOk) {
-    lse = m + std::log(row_sum_exp(x, V, inv_temp, m));
-    lp = static_cast<T>(x[id0]) * inv_temp - lse;
-  }
+int soft_row_forward(const scalar_t* x, const int64_t* id, const T* dr, int64_t k, int64_t V,
+                     const SlotLpParams<T>& p, RowScratch<T>& b, T& lp, T& lse) {
+  T m;
+  const int status = gather_slot_row(x, id, dr, k, V, p, b.z.data(), m);
+  if (status & kLpSlotFatal) return status;
+  lse = slot_row_lse(b.z.data(), k, m);
+  int64_t count, best;
+  lp = score_slot_row(b.z.data(), dr, k, lse, p, b.pr.data(), b.v.data(), b.dv.data(), count,
+                      best);
+  return status;
 }
 
-template <typename scalar_t>
-void slot_forward_kernel(const at::Tensor& logits, const SlotLpCall& c,
-                         const SlotLpParams<acc_t<scalar_t>>& p, at::Tensor& logprob,
-                         at::Tensor& lse_out, at::Tensor& status_out) {
+// The forward of both slot-row ops: P (GumbelLpParams / SlotLpParams) picks the soft-row rule;
+// a soft row costs about `slot_cost` values a slot (parallel_for grain).
+template <typename scalar_t, typename P>
+void slot_rows_forward(const at::Tensor& logits, SlotRowsCall& c, const P& p, int64_t slot_cost) {
   using T = acc_t<scalar_t>;
-  const GumbelLpShape& sh = c.sh;
-  const scalar_t* X = logits.data_ptr<scalar_t>();
-  const int64_t* I = c.ids.data_ptr<int64_t>();
-  const T* DR = c.draws.data_ptr<T>();
-  const bool* hard = c.hard_p;
-  T* LP = logprob.data_ptr<T>();
-  T* LSE = lse_out.data_ptr<T>();
-  int* ST = status_out.data_ptr<int>();
-  const int64_t N = sh.N, V = sh.V, k = sh.k;
-  const int64_t cost = hard ? V : 16 * k;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(cost, 1));
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
-    std::vector<T> z(k), pr(k), v(k), dv(k);
+  const SlotRows<scalar_t> r(logits, c);
+  const SlotRowsOut<T> out(c.outs);
+  const int64_t V = r.V, k = r.k;
+  at::parallel_for(0, r.N, row_grain(r.hard ? V : slot_cost * k), [&](int64_t begin,
+                                                                       int64_t end) {
+    RowScratch<T> b(k);
     for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* x = X + row_offset(sh.logits_rows, n);
-      const int64_t* id = I + n * k;
+      const scalar_t* x = r.x(n);
+      const int64_t* id = r.id(n);
       int status = kLpOk;
       T lp = sk_nan<T>(), lse = sk_nan<T>();
-      if (hard && hard[n]) {
+      if (r.is_hard(n)) {
         hard_row_logprob(x, id[0], V, p.inv_temp, status, lp, lse);
       } else {
-        const T* dr = DR + n * k;
-        T m;
-        status = gather_slot_row(x, id, dr, k, V, p, z.data(), m);
-        if (!(status & kLpSlotFatal)) {
-          lse = slot_row_lse(z.data(), k, m);
-          int64_t count, best;
-          lp = score_slot_row(z.data(), dr, k, lse, p, pr.data(), v.data(), dv.data(), count,
-                              best);
-        }
+        status = soft_row_forward(x, id, r.draws(n), k, V, p, b, lp, lse);
       }
-      LP[n] = lp;
-      LSE[n] = lse;
-      ST[n] = status;
+      out.put(n, lp, lse, status);
     }
   });
 }
 
 template <typename scalar_t>
-void slot_backward_kernel(const at::Tensor& logits, const SlotLpBackwardCall& c,
-                          const SlotLpParams<acc_t<scalar_t>>& p, at::Tensor& grad_logits) {
+void slot_backward_kernel(const at::Tensor& logits, const SlotRowsBackwardCall& c,
+                          const SlotLpParams<acc_t<scalar_t>>& p) {
   using T = acc_t<scalar_t>;
-  const GumbelLpShape& sh = c.sh;
-  const scalar_t* X = logits.data_ptr<scalar_t>();
-  const int64_t* I = c.ids.data_ptr<int64_t>();
-  const T* DR = c.draws.data_ptr<T>();
+  const SlotRows<scalar_t> r(logits, c);
   const T* GR = c.grad.data_ptr<T>();
   const T* LSE = c.lse.data_ptr<T>();
-  const bool* hard = c.hard_p;
-  scalar_t* GL = grad_logits.data_ptr<scalar_t>();
-  const int64_t N = sh.N, V = sh.V, k = sh.k;
-  const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(V, 1));
-  at::parallel_for(0, N, grain, [&](int64_t begin, int64_t end) {
+  scalar_t* GL = c.grad_logits.data_ptr<scalar_t>();
+  const int64_t V = r.V, k = r.k;
+  at::parallel_for(0, r.N, row_grain(V), [&](int64_t begin, int64_t end) {
     std::vector<T> z(k), pr(k), v(k), dv(k);
     for (int64_t n = begin; n < end; ++n) {
-      const scalar_t* x = X + row_offset(sh.logits_rows, n);
-      const int64_t* id = I + n * k;
-      const T* dr = DR + n * k;
+      const scalar_t* x = r.x(n);
+      const int64_t* id = r.id(n);
+      const T* dr = r.draws(n);
       scalar_t* gl = GL + n * V;
       const T g = GR[n], lse = LSE[n];
-      const bool is_hard = hard && hard[n];
+      const bool is_hard = r.is_hard(n);
       bool bad = sk_isnan(lse);
       if (!bad && is_hard) bad = id[0] < 0 || id[0] >= V;
       if (!bad && !is_hard) {
@@ -457,10 +426,7 @@ void slot_backward_kernel(const at::Tensor& logits, const SlotLpBackwardCall& c,
         continue;
       }
       if (is_hard) {
-        const T cg = g * p.inv_temp;
-        row_softmax_grad(x, V, p.inv_temp, lse, cg, gl);
-        const T z0 = static_cast<T>(x[id[0]]) * p.inv_temp;
-        gl[id[0]] = static_cast<scalar_t>(cg * (T(1) - std::exp(z0 - lse)));
+        hard_row_grad(x, id[0], V, p.inv_temp, lse, g, gl);
         continue;
       }
       std::fill(gl, gl + V, static_cast<scalar_t>(0));
@@ -482,38 +448,52 @@ void slot_backward_kernel(const at::Tensor& logits, const SlotLpBackwardCall& c,
   });
 }
 
+GumbelLpOutputs gumbel_logprob_cpu(SK_GUMBEL_LP_CPP_PARAMS) {
+  SlotRowsCall c = prepare_gumbel_lp_forward(SK_GUMBEL_LP_CPP_ARGS);
+  if (c.sh.N == 0) return c.outs;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "gumbel_logprob", [&] {
+    const auto p = gumbel_lp_params<acc_t<scalar_t>>(SK_GUMBEL_LP_PARAM_VALUES);
+    slot_rows_forward<scalar_t>(logits, c, p, 8);
+  });
+  return c.outs;
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cpu(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
+  SlotRowsBackwardCall c = prepare_gumbel_lp_backward(SK_GUMBEL_LP_BACKWARD_CPP_ARGS);
+  if (c.sh.N == 0) return {c.grad_logits, c.grad_draws};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
+                                  "gumbel_logprob_backward", [&] {
+    const auto p = gumbel_lp_params<acc_t<scalar_t>>(SK_GUMBEL_LP_PARAM_VALUES);
+    gumbel_backward_kernel<scalar_t>(logits, c, p, g_prime_grad);
+  });
+  return {c.grad_logits, c.grad_draws};
+}
+
 GumbelLpOutputs slot_logprob_cpu(SK_SLOT_LP_CPP_PARAMS) {
-  SlotLpCall c = prepare_slot_lp_forward(logits, ids_in, draws_in, hard_in);
-  // The parameters are checked before the early return, so that a bad kind never passes.
-  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
-  auto& [logprob, lse, status] = c.outs;
+  SlotRowsCall c = prepare_slot_lp_forward(SK_SLOT_LP_CPP_ARGS);
   if (c.sh.N == 0) return c.outs;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
                                   "slot_logprob", [&] {
     const auto p = slot_lp_params<acc_t<scalar_t>>(kind, SK_SLOT_LP_PARAM_VALUES);
-    slot_forward_kernel<scalar_t>(logits, c, p, logprob, lse, status);
+    slot_rows_forward<scalar_t>(logits, c, p, 16);
   });
   return c.outs;
 }
 
 at::Tensor slot_logprob_backward_cpu(SK_SLOT_LP_BACKWARD_CPP_PARAMS) {
-  SlotLpBackwardCall c =
-      prepare_slot_lp_backward(grad_in, logits, ids_in, draws_in, hard_in, lse_in);
-  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+  SlotRowsBackwardCall c = prepare_slot_lp_backward(SK_SLOT_LP_BACKWARD_CPP_ARGS);
   if (c.sh.N == 0) return c.grad_logits;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, logits.scalar_type(),
                                   "slot_logprob_backward", [&] {
     const auto p = slot_lp_params<acc_t<scalar_t>>(kind, SK_SLOT_LP_PARAM_VALUES);
-    slot_backward_kernel<scalar_t>(logits, c, p, c.grad_logits);
+    slot_backward_kernel<scalar_t>(logits, c, p);
   });
   return c.grad_logits;
 }
 
 // ---------------------------------------------------------------------------------------------
 // gaussian_logprob
-
-// parallel_for grain of row loops over D values: about 32K values a task.
-int64_t row_grain(int64_t D) { return std::max<int64_t>(1, 32768 / std::max<int64_t>(D, 1)); }
 
 template <typename scalar_t>
 acc_t<scalar_t> row_sq_dist(const scalar_t* x, const scalar_t* m, int64_t D) {

@@ -1,13 +1,14 @@
 // CUDA implementation of gumbel_logprob / slot_logprob / gaussian_logprob and their backward ops.
 //
-// gumbel_logprob: one 256-thread block per row. A soft row's threads own its k slots (at most 4
-// each, k <= 1024): they gather the k slot logits, then block reductions give the log-sum-exp over
-// the included slots, the count and the sum of the per-slot terms (csrc/common/logprob.h). A hard
-// row's threads stride over the vocabulary with an online (max, sum-exp) state, merged across the
-// block. The backward writes the dense gradient row: softmax for hard rows; zeros plus the k slot
-// gradients for soft rows (a repeated id is summed by its first slot, so no atomics and the result
-// is deterministic). slot_logprob (TopKDirichlet / WeightGaussian) has the same layout: a soft
-// row gathers its k slot logits, a hard row strides over the vocabulary.
+// The two slot-row ops (gumbel_logprob; slot_logprob for TopKDirichlet / WeightGaussian) share
+// one forward and one backward kernel, one 256-thread block per row; the op's parameter struct
+// picks its soft-row rule (soft_row_forward / soft_row_backward). A soft row's threads own its k
+// slots (at most 4 each, k <= 1024): they gather the k slot logits, then block reductions give the
+// log-sum-exp over the included slots, the count and the sum of the per-slot terms
+// (csrc/common/logprob.h). A hard row's threads stride over the vocabulary with an online (max,
+// sum-exp) state, merged across the block. The backward writes the dense gradient row: softmax
+// for hard rows; zeros plus the k slot gradients for soft rows (a repeated id is summed by its
+// first slot, so no atomics and the result is deterministic).
 // gaussian_logprob: one warp per row, lanes stride over D, fp32 (fp64) accumulation.
 // Every reduction combines partial results in a fixed order: outputs are bitwise reproducible.
 #include <ATen/Dispatch.h>
@@ -119,6 +120,30 @@ struct Scratch {
   int i[kWarps];
 };
 
+// A hard row's log-prob is log_softmax(x / temperature)[id]: one block-wide log-sum-exp over V.
+// Shared by both forward kernels; lp and lse are written only when the row is sound.
+template <typename scalar_t, typename T>
+__device__ int hard_row_forward(const scalar_t* x, int64_t id, int64_t V, T inv_temp,
+                                Scratch<T>& sc, T& lp, T& lse) {
+  int status = kLpOk;
+  LseState<T> st = lse_empty<T>();
+  for (int64_t v = threadIdx.x; v < V; v += kBlock) {
+    const T z = static_cast<T>(x[v]) * inv_temp;
+    const int bad = logit_status(z);
+    status |= bad;
+    if (!bad) lse_push(st, z);
+  }
+  status = block_or(status, sc.i);
+  st = block_lse(st, sc.a, sc.b);
+  if (id < 0 || id >= V) status |= kLpBadId;
+  if (status == kLpOk && st.s == T(0)) status |= kLpAllMasked;
+  if (status == kLpOk) {
+    lse = lse_value(st);
+    lp = static_cast<T>(x[id]) * inv_temp - lse;
+  }
+  return status;
+}
+
 // ---------------------------------------------------------------------------------------------
 // gumbel_logprob
 
@@ -153,177 +178,90 @@ __device__ int gather_soft_slots(const scalar_t* x, const int64_t* id, const T* 
   return status;
 }
 
-template <typename scalar_t>
-__global__ void __launch_bounds__(kBlock)
-    gumbel_forward_kernel(const scalar_t* __restrict__ X, RowIndexer ix,
-                          const int64_t* __restrict__ I, const acc_t<scalar_t>* __restrict__ G,
-                          const bool* __restrict__ hard, int64_t N, int64_t V, int64_t k,
-                          GumbelLpParams<acc_t<scalar_t>> p, acc_t<scalar_t>* __restrict__ LP,
-                          acc_t<scalar_t>* __restrict__ LSE, int* __restrict__ ST) {
-  using T = acc_t<scalar_t>;
-  __shared__ Scratch<T> sc;
-  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const scalar_t* x = X + row_offset(ix, n);
-    const int64_t* id = I + n * k;
-    int status = kLpOk;
-    T lp = sk_nan<T>(), lse = sk_nan<T>();
-    if (hard != nullptr && hard[n]) {
-      LseState<T> st = lse_empty<T>();
-      for (int64_t v = threadIdx.x; v < V; v += kBlock) {
-        const T z = static_cast<T>(x[v]) * p.inv_temp;
-        const int bad = logit_status(z);
-        status |= bad;
-        if (!bad) lse_push(st, z);
-      }
-      status = block_or(status, sc.i);
-      st = block_lse(st, sc.a, sc.b);
-      if (id[0] < 0 || id[0] >= V) status |= kLpBadId;
-      if (status == kLpOk && st.s == T(0)) status |= kLpAllMasked;
-      if (status == kLpOk) {
-        lse = lse_value(st);
-        lp = static_cast<T>(x[id[0]]) * p.inv_temp - lse;
-      }
-    } else {
-      const T* gp = G + n * k;
-      T z[kSlotsPerThread];
-      SlotBest<T> best;
-      status = gather_soft_slots(x, id, gp, k, V, p.inv_temp, z, best, sc);
-      if (status == kLpOk) {
-        const T m = best.z;
-        T s = T(0);
+// A soft row of gumbel_logprob: the mean of the clamped per-slot terms over the counted slots
+// (the best slot alone when none counts). Returns the status; lp / lse are set when it is ok.
+template <typename scalar_t, typename T>
+__device__ int soft_row_forward(const scalar_t* x, const int64_t* id, const T* gp, int64_t k,
+                                int64_t V, const GumbelLpParams<T>& p, Scratch<T>& sc, T& lp,
+                                T& lse) {
+  T z[kSlotsPerThread];
+  SlotBest<T> best;
+  const int status = gather_soft_slots(x, id, gp, k, V, p.inv_temp, z, best, sc);
+  if (status != kLpOk) return status;
+  const T m = best.z;
+  T s = T(0);
 #pragma unroll
-        for (int r = 0; r < kSlotsPerThread; ++r) {
-          if (!sk_isnan(z[r]) && z[r] != -sk_inf<T>()) s += sk_exp(z[r] - m);
-        }
-        s = block_sum(s, sc.a);
-        lse = m + sk_log(s);
-        T sum_f = T(0), dfdu;
-        int count = 0;
-#pragma unroll
-        for (int r = 0; r < kSlotsPerThread; ++r) {
-          if (sk_isnan(z[r])) continue;
-          const T l = z[r] - lse;
-          if (!gumbel_slot_counts(l, p)) continue;
-          sum_f += gumbel_slot_term(gp[threadIdx.x + r * kBlock], l, p, dfdu);
-          ++count;
-        }
-        sum_f = block_sum(sum_f, sc.a);
-        count = block_sum(count, sc.i);
-        if (count == 0) {
-          sum_f = gumbel_slot_term(gp[best.j], best.z - lse, p, dfdu);
-          count = 1;
-        }
-        lp = sum_f / static_cast<T>(count);
-      }
-    }
-    if (threadIdx.x == 0) {
-      LP[n] = lp;
-      LSE[n] = lse;
-      ST[n] = status;
-    }
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    if (!sk_isnan(z[r]) && z[r] != -sk_inf<T>()) s += sk_exp(z[r] - m);
   }
+  s = block_sum(s, sc.a);
+  lse = m + sk_log(s);
+  T sum_f = T(0), dfdu;
+  int count = 0;
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    if (sk_isnan(z[r])) continue;
+    const T l = z[r] - lse;
+    if (!gumbel_slot_counts(l, p)) continue;
+    sum_f += gumbel_slot_term(gp[threadIdx.x + r * kBlock], l, p, dfdu);
+    ++count;
+  }
+  sum_f = block_sum(sum_f, sc.a);
+  count = block_sum(count, sc.i);
+  if (count == 0) {
+    sum_f = gumbel_slot_term(gp[best.j], best.z - lse, p, dfdu);
+    count = 1;
+  }
+  lp = sum_f / static_cast<T>(count);
+  return status;
 }
 
-template <typename scalar_t>
-__global__ void __launch_bounds__(kBlock)
-    gumbel_backward_kernel(const acc_t<scalar_t>* __restrict__ GR, const scalar_t* __restrict__ X,
-                           RowIndexer ix, const int64_t* __restrict__ I,
-                           const acc_t<scalar_t>* __restrict__ G, const bool* __restrict__ hard,
-                           const acc_t<scalar_t>* __restrict__ LSE, int64_t N, int64_t V,
-                           int64_t k, GumbelLpParams<acc_t<scalar_t>> p,
-                           scalar_t* __restrict__ GL, acc_t<scalar_t>* __restrict__ GG) {
-  using T = acc_t<scalar_t>;
-  __shared__ Scratch<T> sc;
-  __shared__ int64_t s_id[kMaxK];
-  __shared__ T s_gz[kMaxK];
-  for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
-    const scalar_t* x = X + row_offset(ix, n);
-    const int64_t* id = I + n * k;
-    const T* gp = G + n * k;
-    scalar_t* gl = GL + n * V;
-    T* gg = GG != nullptr ? GG + n * k : nullptr;
-    const T g = GR[n], lse = LSE[n];
-    const bool is_hard = hard != nullptr && hard[n];
-    bool bad = sk_isnan(lse);
-    T z[kSlotsPerThread];
-    SlotBest<T> best{-sk_inf<T>(), INT_MAX};
-    if (!bad && is_hard) bad = id[0] < 0 || id[0] >= V;
-    if (!bad && !is_hard) {
-      bad = gather_soft_slots(x, id, gp, k, V, p.inv_temp, z, best, sc) != kLpOk;
-    }
-    if (bad) {
-      // A row the forward flagged: NaN gradients (never an out-of-bounds read).
-      for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(sk_nan<T>());
-      if (gg != nullptr) {
-        for (int64_t j = threadIdx.x; j < k; j += kBlock) gg[j] = sk_nan<T>();
-      }
-      continue;
-    }
-    if (is_hard) {
-      const T c = g * p.inv_temp;
-      const int64_t id0 = id[0];
-      for (int64_t v = threadIdx.x; v < V; v += kBlock) {
-        const T e = sk_exp(static_cast<T>(x[v]) * p.inv_temp - lse);
-        gl[v] = static_cast<scalar_t>(c * ((v == id0 ? T(1) : T(0)) - e));
-      }
-      if (gg != nullptr) {
-        for (int64_t j = threadIdx.x; j < k; j += kBlock) gg[j] = T(0);
-      }
-      continue;
-    }
-    for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(0);
-    int count = 0;
+// The slot gradients of a soft gumbel_logprob row: s_gz[j] = d log pi / d logits[s_id[j]]
+// (s_id[j] = -1 for an excluded slot) and gg[j] = d log pi / d g'_j when gg is given. Returns
+// false, writing nothing, for a row the forward flagged.
+template <typename scalar_t, typename T>
+__device__ bool soft_row_backward(const scalar_t* x, const int64_t* id, const T* gp, int64_t k,
+                                  int64_t V, const GumbelLpParams<T>& p, T lse, T g,
+                                  Scratch<T>& sc, int64_t* s_id, T* s_gz, T* gg) {
+  T z[kSlotsPerThread];
+  SlotBest<T> best{-sk_inf<T>(), INT_MAX};
+  if (gather_soft_slots(x, id, gp, k, V, p.inv_temp, z, best, sc) != kLpOk) return false;
+  int count = 0;
 #pragma unroll
-    for (int r = 0; r < kSlotsPerThread; ++r) {
-      if (!sk_isnan(z[r]) && gumbel_slot_counts(z[r] - lse, p)) ++count;
-    }
-    count = block_sum(count, sc.i);
-    T a[kSlotsPerThread];
-    T a_sum = T(0), dfdu;
-#pragma unroll
-    for (int r = 0; r < kSlotsPerThread; ++r) {
-      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
-      a[r] = T(0);
-      if (sk_isnan(z[r])) continue;
-      const T l = z[r] - lse;
-      if (count == 0) {
-        if (j != best.j) continue;
-        gumbel_slot_term(gp[j], l, p, dfdu);
-        a[r] = g * dfdu;
-      } else {
-        if (!gumbel_slot_counts(l, p)) continue;
-        gumbel_slot_term(gp[j], l, p, dfdu);
-        a[r] = g * dfdu / static_cast<T>(count);
-      }
-      a_sum += a[r];
-    }
-    a_sum = block_sum(a_sum, sc.a);
-#pragma unroll
-    for (int r = 0; r < kSlotsPerThread; ++r) {
-      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
-      if (j >= k) continue;
-      if (gg != nullptr) gg[j] = a[r] / p.scale;
-      const bool incl = !sk_isnan(z[r]);
-      s_id[j] = incl ? id[j] : int64_t(-1);
-      s_gz[j] = incl ? gumbel_grad_z(a[r], z[r] - lse, a_sum, p) * p.inv_temp : T(0);
-    }
-    __syncthreads();  // the zero fill and the slot arrays are complete
-#pragma unroll
-    for (int r = 0; r < kSlotsPerThread; ++r) {
-      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
-      if (j >= k || s_id[j] < 0) continue;
-      const int64_t t = s_id[j];
-      bool first = true;
-      for (int64_t i = 0; i < j && first; ++i) first = s_id[i] != t;
-      if (!first) continue;
-      T sum = s_gz[j];
-      for (int64_t i = j + 1; i < k; ++i) {
-        if (s_id[i] == t) sum += s_gz[i];
-      }
-      gl[t] = static_cast<scalar_t>(sum);
-    }
-    __syncthreads();  // s_id / s_gz are reused by the next row
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    if (!sk_isnan(z[r]) && gumbel_slot_counts(z[r] - lse, p)) ++count;
   }
+  count = block_sum(count, sc.i);
+  T a[kSlotsPerThread];
+  T a_sum = T(0), dfdu;
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+    a[r] = T(0);
+    if (sk_isnan(z[r])) continue;
+    const T l = z[r] - lse;
+    if (count == 0) {
+      if (j != best.j) continue;
+      gumbel_slot_term(gp[j], l, p, dfdu);
+      a[r] = g * dfdu;
+    } else {
+      if (!gumbel_slot_counts(l, p)) continue;
+      gumbel_slot_term(gp[j], l, p, dfdu);
+      a[r] = g * dfdu / static_cast<T>(count);
+    }
+    a_sum += a[r];
+  }
+  a_sum = block_sum(a_sum, sc.a);
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+    if (j >= k) continue;
+    if (gg != nullptr) gg[j] = a[r] / p.scale;
+    const bool incl = !sk_isnan(z[r]);
+    s_id[j] = incl ? id[j] : int64_t(-1);
+    s_gz[j] = incl ? gumbel_grad_z(a[r], z[r] - lse, a_sum, p) * p.inv_temp : T(0);
+  }
+  return true;
 }
 
 int64_t grid_for(int64_t rows) { return std::max<int64_t>(1, std::min<int64_t>(rows, kMaxGrid)); }
@@ -342,41 +280,6 @@ void on_stream(const at::Tensor& t, const char* name, F&& f) {
     default: TORCH_CHECK(false, "softkernels.", name, ": unsupported dtype ", t.scalar_type());
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
-}
-
-GumbelLpOutputs gumbel_logprob_cuda(SK_GUMBEL_LP_CPP_PARAMS) {
-  GumbelLpCall c = prepare_gumbel_lp_forward(logits, ids_in, g_prime_in, hard_in);
-  const GumbelLpShape& sh = c.sh;
-  if (sh.N == 0) return c.outs;
-  auto& [logprob, lse, status] = c.outs;
-  on_stream(logits, "gumbel_logprob", [&](auto* tag, cudaStream_t stream) {
-    using scalar_t = std::remove_pointer_t<decltype(tag)>;
-    using T = acc_t<scalar_t>;
-    const auto p = gumbel_lp_params<T>(temperature, scale, clamp_lo, clamp_hi, min_weight);
-    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, gumbel_forward_kernel<scalar_t>)(
-        logits.data_ptr<scalar_t>(), sh.logits_rows, c.ids.data_ptr<int64_t>(),
-        c.g_prime.data_ptr<T>(), c.hard_p, sh.N, sh.V, sh.k, p, logprob.data_ptr<T>(),
-        lse.data_ptr<T>(), status.data_ptr<int>());
-  });
-  return c.outs;
-}
-
-std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cuda(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
-  GumbelLpBackwardCall c = prepare_gumbel_lp_backward(grad_in, logits, ids_in, g_prime_in,
-                                                      hard_in, lse_in, g_prime_grad);
-  const GumbelLpShape& sh = c.sh;
-  if (sh.N == 0) return {c.grad_logits, c.grad_g};
-  on_stream(logits, "gumbel_logprob_backward", [&](auto* tag, cudaStream_t stream) {
-    using scalar_t = std::remove_pointer_t<decltype(tag)>;
-    using T = acc_t<scalar_t>;
-    const auto p = gumbel_lp_params<T>(temperature, scale, clamp_lo, clamp_hi, min_weight);
-    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, gumbel_backward_kernel<scalar_t>)(
-        c.grad.data_ptr<T>(), logits.data_ptr<scalar_t>(), sh.logits_rows,
-        c.ids.data_ptr<int64_t>(), c.g_prime.data_ptr<T>(), c.hard_p, c.lse.data_ptr<T>(), sh.N,
-        sh.V, sh.k, p, c.grad_logits.data_ptr<scalar_t>(),
-        g_prime_grad ? c.grad_g.data_ptr<T>() : nullptr);
-  });
-  return {c.grad_logits, c.grad_g};
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -449,53 +352,78 @@ __device__ T score_slot_slots(const T (&z)[kSlotsPerThread], const T* dr, int64_
   return block_sum(vb, sc.a);  // the other threads add exact zeros
 }
 
-template <typename scalar_t>
+// A soft row of slot_logprob (csrc/common/logprob.h). Returns the status; lp / lse are set
+// unless a fatal bit is.
+template <typename scalar_t, typename T>
+__device__ int soft_row_forward(const scalar_t* x, const int64_t* id, const T* dr, int64_t k,
+                                int64_t V, const SlotLpParams<T>& p, Scratch<T>& sc, T& lp,
+                                T& lse) {
+  T z[kSlotsPerThread], pr[kSlotsPerThread], v[kSlotsPerThread], dv[kSlotsPerThread];
+  T m;
+  const int status = gather_slot_slots(x, id, dr, k, V, p, z, m, sc);
+  if (status & kLpSlotFatal) return status;
+  T s = T(0);
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    if (z[r] != -sk_inf<T>()) s += sk_exp(z[r] - m);
+  }
+  s = block_sum(s, sc.a);
+  lse = m + sk_log(s);
+  int count, best;
+  lp = score_slot_slots(z, dr, k, lse, p, pr, v, dv, count, best, sc);
+  return status;
+}
+
+// The slot gradients of a soft slot_logprob row into s_id / s_gz (gg: unused, the draws are
+// data). Returns false, writing nothing, for a row the forward flagged.
+template <typename scalar_t, typename T>
+__device__ bool soft_row_backward(const scalar_t* x, const int64_t* id, const T* dr, int64_t k,
+                                  int64_t V, const SlotLpParams<T>& p, T lse, T g,
+                                  Scratch<T>& sc, int64_t* s_id, T* s_gz, T* /*gg*/) {
+  T z[kSlotsPerThread], pr[kSlotsPerThread], v[kSlotsPerThread], dv[kSlotsPerThread];
+  T m;
+  if (gather_slot_slots(x, id, dr, k, V, p, z, m, sc) & kLpSlotFatal) return false;
+  int count, best;
+  score_slot_slots(z, dr, k, lse, p, pr, v, dv, count, best, sc);
+  T pb = T(0);
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+    const bool in_m = j < k && (count > 0 ? slot_counts(pr[r], v[r], p) : j == best);
+    dv[r] = in_m ? g * dv[r] / static_cast<T>(count > 0 ? count : 1) : T(0);
+    pb += pr[r] * dv[r];
+  }
+  pb = block_sum(pb, sc.a);
+#pragma unroll
+  for (int r = 0; r < kSlotsPerThread; ++r) {
+    const int64_t j = threadIdx.x + int64_t(r) * kBlock;
+    if (j >= k) continue;
+    s_id[j] = id[j];
+    s_gz[j] = pr[r] * (dv[r] - pb) * p.inv_temp;
+  }
+  return true;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The slot-row kernels of both ops, one block per row: P (GumbelLpParams / SlotLpParams) picks
+// the soft-row rule above; hard rows are the same for both.
+
+template <typename scalar_t, typename P>
 __global__ void __launch_bounds__(kBlock)
-    slot_forward_kernel(const scalar_t* __restrict__ X, RowIndexer ix,
-                        const int64_t* __restrict__ I, const acc_t<scalar_t>* __restrict__ DR,
-                        const bool* __restrict__ hard, int64_t N, int64_t V, int64_t k,
-                        SlotLpParams<acc_t<scalar_t>> p, acc_t<scalar_t>* __restrict__ LP,
-                        acc_t<scalar_t>* __restrict__ LSE, int* __restrict__ ST) {
+    slot_rows_forward_kernel(const scalar_t* __restrict__ X, RowIndexer ix,
+                             const int64_t* __restrict__ I, const acc_t<scalar_t>* __restrict__ D,
+                             const bool* __restrict__ hard, int64_t N, int64_t V, int64_t k, P p,
+                             acc_t<scalar_t>* __restrict__ LP, acc_t<scalar_t>* __restrict__ LSE,
+                             int* __restrict__ ST) {
   using T = acc_t<scalar_t>;
   __shared__ Scratch<T> sc;
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     const scalar_t* x = X + row_offset(ix, n);
     const int64_t* id = I + n * k;
-    int status = kLpOk;
     T lp = sk_nan<T>(), lse = sk_nan<T>();
-    if (hard != nullptr && hard[n]) {
-      LseState<T> st = lse_empty<T>();
-      for (int64_t v = threadIdx.x; v < V; v += kBlock) {
-        const T z = static_cast<T>(x[v]) * p.inv_temp;
-        const int bad = logit_status(z);
-        status |= bad;
-        if (!bad) lse_push(st, z);
-      }
-      status = block_or(status, sc.i);
-      st = block_lse(st, sc.a, sc.b);
-      if (id[0] < 0 || id[0] >= V) status |= kLpBadId;
-      if (status == kLpOk && st.s == T(0)) status |= kLpAllMasked;
-      if (status == kLpOk) {
-        lse = lse_value(st);
-        lp = static_cast<T>(x[id[0]]) * p.inv_temp - lse;
-      }
-    } else {
-      const T* dr = DR + n * k;
-      T z[kSlotsPerThread], pr[kSlotsPerThread], v[kSlotsPerThread], dv[kSlotsPerThread];
-      T m;
-      status = gather_slot_slots(x, id, dr, k, V, p, z, m, sc);
-      if (!(status & kLpSlotFatal)) {
-        T s = T(0);
-#pragma unroll
-        for (int r = 0; r < kSlotsPerThread; ++r) {
-          if (z[r] != -sk_inf<T>()) s += sk_exp(z[r] - m);
-        }
-        s = block_sum(s, sc.a);
-        lse = m + sk_log(s);
-        int count, best;
-        lp = score_slot_slots(z, dr, k, lse, p, pr, v, dv, count, best, sc);
-      }
-    }
+    const int status = (hard != nullptr && hard[n])
+                           ? hard_row_forward(x, id[0], V, p.inv_temp, sc, lp, lse)
+                           : soft_row_forward(x, id, D + n * k, k, V, p, sc, lp, lse);
     if (threadIdx.x == 0) {
       LP[n] = lp;
       LSE[n] = lse;
@@ -504,14 +432,19 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-template <typename scalar_t>
+// The dense gradient row: softmax for a hard row; zeros plus the k slot gradients for a soft row
+// (a repeated id is summed by its first slot: no atomics, deterministic). GG (d / d draws) is
+// written by rules that have it when non-null.
+template <typename scalar_t, typename P>
 __global__ void __launch_bounds__(kBlock)
-    slot_backward_kernel(const acc_t<scalar_t>* __restrict__ GR, const scalar_t* __restrict__ X,
-                         RowIndexer ix, const int64_t* __restrict__ I,
-                         const acc_t<scalar_t>* __restrict__ DR, const bool* __restrict__ hard,
-                         const acc_t<scalar_t>* __restrict__ LSE, int64_t N, int64_t V,
-                         int64_t k, SlotLpParams<acc_t<scalar_t>> p,
-                         scalar_t* __restrict__ GL) {
+    slot_rows_backward_kernel(const acc_t<scalar_t>* __restrict__ GR,
+                              const scalar_t* __restrict__ X, RowIndexer ix,
+                              const int64_t* __restrict__ I,
+                              const acc_t<scalar_t>* __restrict__ D,
+                              const bool* __restrict__ hard,
+                              const acc_t<scalar_t>* __restrict__ LSE, int64_t N, int64_t V,
+                              int64_t k, P p, scalar_t* __restrict__ GL,
+                              acc_t<scalar_t>* __restrict__ GG) {
   using T = acc_t<scalar_t>;
   __shared__ Scratch<T> sc;
   __shared__ int64_t s_id[kMaxK];
@@ -519,20 +452,21 @@ __global__ void __launch_bounds__(kBlock)
   for (int64_t n = blockIdx.x; n < N; n += gridDim.x) {
     const scalar_t* x = X + row_offset(ix, n);
     const int64_t* id = I + n * k;
-    const T* dr = DR + n * k;
     scalar_t* gl = GL + n * V;
+    T* gg = GG != nullptr ? GG + n * k : nullptr;
     const T g = GR[n], lse = LSE[n];
     const bool is_hard = hard != nullptr && hard[n];
-    bool bad = sk_isnan(lse);
-    T z[kSlotsPerThread];
-    if (!bad && is_hard) bad = id[0] < 0 || id[0] >= V;
-    if (!bad && !is_hard) {
-      T m;
-      bad = (gather_slot_slots(x, id, dr, k, V, p, z, m, sc) & kLpSlotFatal) != 0;
+    bool ok = !sk_isnan(lse);
+    if (ok && is_hard) ok = id[0] >= 0 && id[0] < V;
+    if (ok && !is_hard) {
+      ok = soft_row_backward(x, id, D + n * k, k, V, p, lse, g, sc, s_id, s_gz, gg);
     }
-    if (bad) {
+    if (!ok) {
       // A row the forward flagged: NaN gradients (never an out-of-bounds read).
       for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(sk_nan<T>());
+      if (gg != nullptr) {
+        for (int64_t j = threadIdx.x; j < k; j += kBlock) gg[j] = sk_nan<T>();
+      }
       continue;
     }
     if (is_hard) {
@@ -542,33 +476,17 @@ __global__ void __launch_bounds__(kBlock)
         const T e = sk_exp(static_cast<T>(x[v]) * p.inv_temp - lse);
         gl[v] = static_cast<scalar_t>(c * ((v == id0 ? T(1) : T(0)) - e));
       }
+      if (gg != nullptr) {
+        for (int64_t j = threadIdx.x; j < k; j += kBlock) gg[j] = T(0);
+      }
       continue;
     }
     for (int64_t v = threadIdx.x; v < V; v += kBlock) gl[v] = static_cast<scalar_t>(0);
-    T pr[kSlotsPerThread], v[kSlotsPerThread], dv[kSlotsPerThread];
-    int count, best;
-    score_slot_slots(z, dr, k, lse, p, pr, v, dv, count, best, sc);
-    T pb = T(0);
-#pragma unroll
-    for (int r = 0; r < kSlotsPerThread; ++r) {
-      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
-      const bool in_m = j < k && (count > 0 ? slot_counts(pr[r], v[r], p) : j == best);
-      dv[r] = in_m ? g * dv[r] / static_cast<T>(count > 0 ? count : 1) : T(0);
-      pb += pr[r] * dv[r];
-    }
-    pb = block_sum(pb, sc.a);
-#pragma unroll
-    for (int r = 0; r < kSlotsPerThread; ++r) {
-      const int64_t j = threadIdx.x + int64_t(r) * kBlock;
-      if (j >= k) continue;
-      s_id[j] = id[j];
-      s_gz[j] = pr[r] * (dv[r] - pb) * p.inv_temp;
-    }
     __syncthreads();  // the zero fill and the slot arrays are complete
 #pragma unroll
     for (int r = 0; r < kSlotsPerThread; ++r) {
       const int64_t j = threadIdx.x + int64_t(r) * kBlock;
-      if (j >= k) continue;
+      if (j >= k || s_id[j] < 0) continue;
       const int64_t t = s_id[j];
       bool first = true;
       for (int64_t i = 0; i < j && first; ++i) first = s_id[i] != t;
@@ -583,39 +501,71 @@ __global__ void __launch_bounds__(kBlock)
   }
 }
 
-GumbelLpOutputs slot_logprob_cuda(SK_SLOT_LP_CPP_PARAMS) {
-  SlotLpCall c = prepare_slot_lp_forward(logits, ids_in, draws_in, hard_in);
-  // The parameters are checked before the early return, so that a bad kind never passes.
-  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
+// Launches of the two slot-row kernels for a prepared call; P is the op's parameter struct.
+template <typename scalar_t, typename P>
+void launch_slot_rows_forward(const at::Tensor& logits, SlotRowsCall& c, const P& p,
+                              cudaStream_t stream) {
+  using T = acc_t<scalar_t>;
   const GumbelLpShape& sh = c.sh;
-  if (sh.N == 0) return c.outs;
   auto& [logprob, lse, status] = c.outs;
+  SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, slot_rows_forward_kernel<scalar_t, P>)(
+      logits.data_ptr<scalar_t>(), sh.logits_rows, c.ids.data_ptr<int64_t>(),
+      c.draws.data_ptr<T>(), c.hard_p, sh.N, sh.V, sh.k, p, logprob.data_ptr<T>(),
+      lse.data_ptr<T>(), status.data_ptr<int>());
+}
+
+template <typename scalar_t, typename P>
+void launch_slot_rows_backward(const at::Tensor& logits, SlotRowsBackwardCall& c, const P& p,
+                               bool draws_grad, cudaStream_t stream) {
+  using T = acc_t<scalar_t>;
+  const GumbelLpShape& sh = c.sh;
+  SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, slot_rows_backward_kernel<scalar_t, P>)(
+      c.grad.data_ptr<T>(), logits.data_ptr<scalar_t>(), sh.logits_rows,
+      c.ids.data_ptr<int64_t>(), c.draws.data_ptr<T>(), c.hard_p, c.lse.data_ptr<T>(), sh.N,
+      sh.V, sh.k, p, c.grad_logits.data_ptr<scalar_t>(),
+      draws_grad ? c.grad_draws.data_ptr<T>() : static_cast<T*>(nullptr));
+}
+
+GumbelLpOutputs gumbel_logprob_cuda(SK_GUMBEL_LP_CPP_PARAMS) {
+  SlotRowsCall c = prepare_gumbel_lp_forward(SK_GUMBEL_LP_CPP_ARGS);
+  if (c.sh.N == 0) return c.outs;
+  on_stream(logits, "gumbel_logprob", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    const auto p = gumbel_lp_params<acc_t<scalar_t>>(SK_GUMBEL_LP_PARAM_VALUES);
+    launch_slot_rows_forward<scalar_t>(logits, c, p, stream);
+  });
+  return c.outs;
+}
+
+std::tuple<at::Tensor, at::Tensor> gumbel_logprob_backward_cuda(SK_GUMBEL_LP_BACKWARD_CPP_PARAMS) {
+  SlotRowsBackwardCall c = prepare_gumbel_lp_backward(SK_GUMBEL_LP_BACKWARD_CPP_ARGS);
+  if (c.sh.N == 0) return {c.grad_logits, c.grad_draws};
+  on_stream(logits, "gumbel_logprob_backward", [&](auto* tag, cudaStream_t stream) {
+    using scalar_t = std::remove_pointer_t<decltype(tag)>;
+    const auto p = gumbel_lp_params<acc_t<scalar_t>>(SK_GUMBEL_LP_PARAM_VALUES);
+    launch_slot_rows_backward<scalar_t>(logits, c, p, g_prime_grad, stream);
+  });
+  return {c.grad_logits, c.grad_draws};
+}
+
+GumbelLpOutputs slot_logprob_cuda(SK_SLOT_LP_CPP_PARAMS) {
+  SlotRowsCall c = prepare_slot_lp_forward(SK_SLOT_LP_CPP_ARGS);
+  if (c.sh.N == 0) return c.outs;
   on_stream(logits, "slot_logprob", [&](auto* tag, cudaStream_t stream) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
-    using T = acc_t<scalar_t>;
-    const auto p = slot_lp_params<T>(kind, SK_SLOT_LP_PARAM_VALUES);
-    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, slot_forward_kernel<scalar_t>)(
-        logits.data_ptr<scalar_t>(), sh.logits_rows, c.ids.data_ptr<int64_t>(),
-        c.draws.data_ptr<T>(), c.hard_p, sh.N, sh.V, sh.k, p, logprob.data_ptr<T>(),
-        lse.data_ptr<T>(), status.data_ptr<int>());
+    const auto p = slot_lp_params<acc_t<scalar_t>>(kind, SK_SLOT_LP_PARAM_VALUES);
+    launch_slot_rows_forward<scalar_t>(logits, c, p, stream);
   });
   return c.outs;
 }
 
 at::Tensor slot_logprob_backward_cuda(SK_SLOT_LP_BACKWARD_CPP_PARAMS) {
-  SlotLpBackwardCall c =
-      prepare_slot_lp_backward(grad_in, logits, ids_in, draws_in, hard_in, lse_in);
-  (void)slot_lp_params<double>(kind, SK_SLOT_LP_PARAM_VALUES);
-  const GumbelLpShape& sh = c.sh;
-  if (sh.N == 0) return c.grad_logits;
+  SlotRowsBackwardCall c = prepare_slot_lp_backward(SK_SLOT_LP_BACKWARD_CPP_ARGS);
+  if (c.sh.N == 0) return c.grad_logits;
   on_stream(logits, "slot_logprob_backward", [&](auto* tag, cudaStream_t stream) {
     using scalar_t = std::remove_pointer_t<decltype(tag)>;
-    using T = acc_t<scalar_t>;
-    const auto p = slot_lp_params<T>(kind, SK_SLOT_LP_PARAM_VALUES);
-    SK_LAUNCH(grid_for(sh.N), kBlock, 0, stream, slot_backward_kernel<scalar_t>)(
-        c.grad.data_ptr<T>(), logits.data_ptr<scalar_t>(), sh.logits_rows,
-        c.ids.data_ptr<int64_t>(), c.draws.data_ptr<T>(), c.hard_p, c.lse.data_ptr<T>(), sh.N,
-        sh.V, sh.k, p, c.grad_logits.data_ptr<scalar_t>());
+    const auto p = slot_lp_params<acc_t<scalar_t>>(kind, SK_SLOT_LP_PARAM_VALUES);
+    launch_slot_rows_backward<scalar_t>(logits, c, p, false, stream);
   });
   return c.grad_logits;
 }
