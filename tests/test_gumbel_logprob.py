@@ -279,6 +279,23 @@ def test_g_prime_gradient_matches_reference(device):
     torch.testing.assert_close(gg.double().cpu(), rgg, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("i,v", [(4, 0.0), (4, -1.0), (5, 0.0), (6, 3.0), (8, 1.0),
+                                 (8, -0.1), (4, math.nan)])
+def test_raw_op_checks_parameters_even_without_rows(i, v):
+    """The preamble checks temperature / scale / clamp / min_weight before the no-row return,
+    forward and backward (a bad value never passes silently)."""
+    logits, ids, gp, _ = make_case((2,), 10, 3, torch.float32, "cpu")
+    for n in (2, 0):
+        args = [logits[:n], ids[:n], gp[:n], None, 1.0, 1.0, -1.5, 3.0, 0.05]
+        args[i] = v
+        with pytest.raises(RuntimeError, match="parameter out of range"):
+            torch.ops.softkernels.gumbel_logprob(*args)
+        grad, lse = torch.zeros(n), torch.zeros(n)
+        bargs = [grad, *args[:4], lse, *args[4:], True]
+        with pytest.raises(RuntimeError, match="parameter out of range"):
+            torch.ops.softkernels.gumbel_logprob_backward(*bargs)
+
+
 def test_opcheck(device):
     logits, ids, gp, hard = make_case((3, 4), 40, 5, torch.float32, device)
     logits.requires_grad_()
