@@ -43,8 +43,6 @@ SOFT_EMBED_PARAMS = tuple(_C.SOFT_EMBED_PARAMS.split(","))
 SOFT_EMBED_BACKWARD_PARAMS = tuple(_C.SOFT_EMBED_BACKWARD_PARAMS.split(","))
 
 
-
-
 class RowParam(NamedTuple):
     """One per-row parameter of soft_embed, as csrc/soft_embed_decl.h declares it: a number for the
     batch or a [B] tensor; valid values in [lo, hi] (either end open); ``neutral`` leaves a row

@@ -183,9 +183,9 @@ struct SlotRowsOut {
 
 // Per-thread slot buffers of a soft row (k values each).
 template <typename T>
-struct RowScratch {
+struct SlotScratch {
   std::vector<T> z, pr, v, dv;
-  explicit RowScratch(int64_t k) : z(k), pr(k), v(k), dv(k) {}
+  explicit SlotScratch(int64_t k) : z(k), pr(k), v(k), dv(k) {}
 };
 
 // d log pi / d logits of a hard row, times the upstream gradient g.
@@ -202,7 +202,7 @@ void hard_row_grad(const scalar_t* x, int64_t id0, int64_t V, T inv_temp, T lse,
 // (the best slot alone when none counts). Returns the status; lp / lse are set when it is ok.
 template <typename scalar_t, typename T>
 int soft_row_forward(const scalar_t* x, const int64_t* id, const T* gp, int64_t k, int64_t V,
-                     const GumbelLpParams<T>& p, RowScratch<T>& b, T& lp, T& lse) {
+                     const GumbelLpParams<T>& p, SlotScratch<T>& b, T& lp, T& lse) {
   T* z = b.z.data();
   int64_t best;
   const int status = gather_soft_row(x, id, gp, k, V, p.inv_temp, z, best);
@@ -359,7 +359,7 @@ T slot_row_lse(const T* z, int64_t k, T m) {
 // unless a fatal bit is.
 template <typename scalar_t, typename T>
 int soft_row_forward(const scalar_t* x, const int64_t* id, const T* dr, int64_t k, int64_t V,
-                     const SlotLpParams<T>& p, RowScratch<T>& b, T& lp, T& lse) {
+                     const SlotLpParams<T>& p, SlotScratch<T>& b, T& lp, T& lse) {
   T m;
   const int status = gather_slot_row(x, id, dr, k, V, p, b.z.data(), m);
   if (status & kLpSlotFatal) return status;
@@ -380,7 +380,7 @@ void slot_rows_forward(const at::Tensor& logits, SlotRowsCall& c, const P& p, in
   const int64_t V = r.V, k = r.k;
   at::parallel_for(0, r.N, row_grain(r.hard ? V : slot_cost * k), [&](int64_t begin,
                                                                        int64_t end) {
-    RowScratch<T> b(k);
+    SlotScratch<T> b(k);
     for (int64_t n = begin; n < end; ++n) {
       const scalar_t* x = r.x(n);
       const int64_t* id = r.id(n);
